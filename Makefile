@@ -1,0 +1,20 @@
+.PHONY: bootstrap demo test lint typecheck pytest bench clean
+
+VENV := .venv/bin
+
+bootstrap:
+	@scripts/bootstrap
+
+demo: bootstrap
+	$(VENV)/python -m cdc.demo
+
+test: bootstrap
+	$(VENV)/ruff check cdc tests bench
+	$(VENV)/mypy cdc
+	$(VENV)/pytest -q
+
+bench: bootstrap
+	$(VENV)/python -m bench.run_all
+
+clean:
+	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache

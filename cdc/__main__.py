@@ -1,0 +1,7 @@
+"""Allow `python -m cdc`."""
+
+import sys
+
+from cdc.cli import main
+
+sys.exit(main())

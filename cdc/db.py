@@ -1,0 +1,28 @@
+"""PostgreSQL connections with library errors translated at the edge."""
+
+from __future__ import annotations
+
+from typing import Any, TypeAlias
+
+import psycopg
+
+from cdc.errors import ConfigError, SourceError
+from cdc.settings import redact
+
+Conn: TypeAlias = psycopg.Connection[tuple[Any, ...]]
+
+
+def connect(dsn: str, *, autocommit: bool = False, **kwargs: Any) -> Conn:
+    """Open a connection; a bad DSN or an unreachable server becomes a one-line error."""
+    try:
+        return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=10, **kwargs)
+    except psycopg.ProgrammingError as e:
+        raise ConfigError(
+            f"CDC_DATABASE_URL is not a valid PostgreSQL DSN: {e}",
+            hint="use postgresql://user:password@host:port/dbname",
+        ) from None
+    except psycopg.OperationalError as e:
+        raise SourceError(
+            f"CDC_DATABASE_URL: cannot connect to {redact(dsn)}: {e}",
+            hint="check CDC_DATABASE_URL and that PostgreSQL is running",
+        ) from None

@@ -1,0 +1,54 @@
+"""Settings (environment variables prefixed CDC_), built once in `main` and passed down."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_ROUTES = "WATCH_*=axiom:watches,WORKER_*=axiom:workers,*=axiom:core:events"
+SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
+
+
+class Settings(BaseSettings):
+    """Every knob of axiom-cdc; read from the environment only when instantiated."""
+
+    model_config = SettingsConfigDict(env_prefix="CDC_", extra="ignore")
+
+    database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/postgres")
+    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    slot: str = Field("axiom_outbox", pattern=r"^[a-z0-9_]{1,63}$")
+    outbox_table: str = Field("public.event_outbox", pattern=r"^[a-z_]\w*\.[a-z_]\w*$")
+    metrics_port: int = 0  # 0 = no metrics endpoint
+    mark_published: bool = True
+    batch_size: int = Field(500, ge=1)
+    linger_ms: float = Field(0.0, ge=0)
+    max_in_flight: int = Field(4, ge=1)
+    max_retry: int = Field(3, ge=1)
+    max_event_bytes: int = Field(1_048_576, ge=1)
+    stream_maxlen: int = Field(1_000_000, ge=0)  # 0 = no cap
+    routes: str = DEFAULT_ROUTES
+    consumer_groups: str = "synapse_group,watch_cep_group"
+    unknown_events: str = Field("pass", pattern=r"^(pass|dead_letter)$")
+    backfill: bool = True
+    standby_max_backoff_s: float = Field(5.0, gt=0)
+    status_interval_s: float = Field(1.0, gt=0)
+    migrations_dir: Path = SQL_DIR
+    weaver_secret_key: SecretStr | None = None
+
+    def group_names(self) -> list[str]:
+        """Return the configured consumer groups."""
+        return [g.strip() for g in self.consumer_groups.split(",") if g.strip()]
+
+
+def redact(dsn: str) -> str:
+    """Return `dsn` with any password replaced, safe to log."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except Exception:
+        return "<unparseable DSN>"
+    if "password" in params:
+        params["password"] = "***"
+    return make_conninfo("", **params)

@@ -1,0 +1,1 @@
+"""Fixtures live in tests/fix_servers.py (loaded with -p tests.fix_servers)."""

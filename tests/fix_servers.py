@@ -1,0 +1,135 @@
+"""Session-scoped throwaway PostgreSQL and Redis, plus per-test databases and settings.
+
+CDC_TEST_BACKEND=local (default) runs initdb and redis-server here;
+CDC_TEST_BACKEND=docker uses testcontainers (needs a Docker engine).
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import psycopg
+import pytest
+import redis
+
+from cdc import migrate
+from cdc.localservers import LocalPostgres, LocalRedis
+from cdc.settings import SQL_DIR, Settings
+
+TEMPLATE_DB = "cdc_template"
+_counter = itertools.count(1)
+
+
+class PgServer(Protocol):
+    """What tests need of a PostgreSQL server."""
+
+    port: int
+
+    @property
+    def dsn(self) -> str: ...
+    def restart(self, mode: str = "fast") -> None: ...
+
+
+class DockerPostgres:
+    """PostgreSQL in a container (wal2json baked into docker/postgres)."""
+
+    def __init__(self) -> None:
+        from testcontainers.core.container import DockerContainer  # type: ignore[import-untyped]
+
+        self.c = DockerContainer("axiom-cdc-postgres:15").with_exposed_ports(5432)
+        self.c.start()
+        self.port = int(self.c.get_exposed_port(5432))
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def restart(self, mode: str = "fast") -> None:
+        self.c.get_wrapped_container().restart()
+
+    def destroy(self) -> None:
+        self.c.stop()
+
+
+def _backend() -> str:
+    return os.environ.get("CDC_TEST_BACKEND", "local")
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[Any]:
+    """Start one throwaway PostgreSQL (wal_level=logical, wal2json) for the session."""
+    if _backend() == "docker":
+        server: Any = DockerPostgres()
+    else:
+        server = LocalPostgres()
+        server.init()
+        server.start()
+    assert server.port not in (5432, 6379)
+    with psycopg.connect(server.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {TEMPLATE_DB}")
+    migrate.apply(_db_dsn(server, TEMPLATE_DB), SQL_DIR)
+    yield server
+    server.destroy()
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[LocalRedis]:
+    """Start one throwaway redis-server (no persistence) for the session."""
+    server = LocalRedis()
+    server.start()
+    assert server.port not in (5432, 6379)
+    yield server
+    server.destroy()
+
+
+def _db_dsn(server: Any, dbname: str) -> str:
+    return f"postgresql://postgres@127.0.0.1:{server.port}/{dbname}"
+
+
+@pytest.fixture
+def pg_dsn(pg_server: Any) -> Iterator[str]:
+    """Create a fresh, fully migrated database for one test and drop it afterwards."""
+    name = f"t_{os.getpid()}_{next(_counter)}"
+    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")
+    yield _db_dsn(pg_server, name)
+    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+        for (slot,) in conn.execute(
+            "SELECT slot_name FROM pg_replication_slots WHERE database = %s", (name,)
+        ).fetchall():
+            conn.execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                " WHERE slot_name = %s AND active_pid IS NOT NULL", (slot,)
+            )
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture
+def redis_url(redis_server: LocalRedis) -> Iterator[str]:
+    """Give a test an empty Redis."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    client.close()
+    yield redis_server.url
+
+
+@pytest.fixture
+def settings(pg_dsn: str, redis_url: str) -> Settings:
+    """Settings pointing at this test's database and Redis, with a unique slot."""
+    return Settings(
+        database_url=pg_dsn,  # type: ignore[arg-type]
+        redis_url=redis_url,  # type: ignore[arg-type]
+        slot=f"cdc_test_{next(_counter)}",
+    )
+
+
+@pytest.fixture
+def rds(redis_url: str) -> Iterator[redis.Redis]:
+    """A Redis client on the test Redis (responses decoded)."""
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    client.close()
