@@ -6,17 +6,17 @@ Exit codes: 0 healthy/done, 1 a problem found, 2 a usage or configuration error.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
+import pkgutil
 import sys
 from collections.abc import Sequence
 
 from pydantic import ValidationError
 
-from cdc.commands import migrate
+from cdc import commands
 from cdc.errors import CdcError, ConfigError
 from cdc.settings import Settings
-
-COMMAND_MODULES = [migrate]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,8 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cdc", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
-    for module in COMMAND_MODULES:
-        module.register(sub)
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda i: i.name):
+        importlib.import_module(f"cdc.commands.{info.name}").register(sub)
     return parser
 
 

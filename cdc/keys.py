@@ -1,0 +1,30 @@
+"""Every Redis key name axiom-cdc uses, in one place."""
+
+from __future__ import annotations
+
+CORE_EVENTS = "axiom:core:events"
+WATCHES = "axiom:watches"
+WORKERS = "axiom:workers"
+DLQ = "axiom:dlq:events"
+
+# Per-stream high-water mark of what the relay published: "commit_lsn:position".
+HWM_PREFIX = "axiom:cdc:hwm:"
+# Short-lived query jobs (Oracle/Weaver), with a TTL.
+QUERY_JOB_PREFIX = "axiom:query:job:"
+# Consumer-side dedup of event ids.
+CONSUMER_SEEN_PREFIX = "axiom:consumer:seen:"
+
+
+def hwm(stream: str) -> str:
+    """Return the key holding `stream`'s publish high-water mark."""
+    return HWM_PREFIX + stream
+
+
+def query_job(job_id: str) -> str:
+    """Return the key of one query job."""
+    return QUERY_JOB_PREFIX + job_id
+
+
+def consumer_seen(group: str) -> str:
+    """Return the key of the event ids a consumer group has handled."""
+    return CONSUMER_SEEN_PREFIX + group
