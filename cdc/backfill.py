@@ -1,0 +1,79 @@
+"""One-shot catch-up: publish the PENDING rows that predate the slot, then let the stream rule.
+
+The rows were queued in `cdc_backfill` under the slot's exported snapshot, so none of
+them is also in the stream. They are drained in created_at order by
+`SELECT ... FOR UPDATE SKIP LOCKED` batches, deduplicated in Redis under the keys
+(consistent point - 1, seq), which sort below every streamed event of that slot.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from psycopg import sql
+
+from cdc import db
+from cdc import lsn as lsnlib
+from cdc.checkpoint import Batch
+from cdc.decode import OutboxEvent
+from cdc.settings import Settings
+
+if TYPE_CHECKING:
+    from cdc.relay import Publisher
+
+log = logging.getLogger(__name__)
+
+
+def backfill(settings: Settings, conn: db.Conn, pub: Publisher) -> int:
+    """Publish the slot's queued pre-slot rows; return how many were published now."""
+    row = conn.execute(
+        "SELECT consistent_lsn::text FROM public.cdc_slot"
+        " WHERE slot_name = %s AND backfilled_at IS NULL", (settings.slot,)
+    ).fetchone()
+    if row is None:
+        return 0
+    base = lsnlib.parse(row[0]) - 1
+    schema, _, name = settings.outbox_table.partition(".")
+    select = sql.SQL(
+        "SELECT b.seq, o.id::text, o.tenant_id, o.aggregate_type, o.aggregate_id, o.event_type,"
+        " o.payload::text, o.created_at::text FROM public.cdc_backfill b JOIN {} o"
+        " ON o.id = b.event_id WHERE b.slot_name = %s ORDER BY b.seq LIMIT %s"
+        " FOR UPDATE OF o SKIP LOCKED"
+    ).format(sql.Identifier(schema, name))
+    conn.execute(
+        sql.SQL(
+            "DELETE FROM public.cdc_backfill b WHERE b.slot_name = %s"
+            " AND NOT EXISTS (SELECT 1 FROM {} o WHERE o.id = b.event_id)"
+        ).format(sql.Identifier(schema, name)),
+        (settings.slot,),
+    )
+    total = 0
+    while True:
+        with conn.transaction():
+            rows = conn.execute(select, (settings.slot, settings.batch_size)).fetchall()
+            if not rows:
+                break
+            events = [
+                OutboxEvent(r[1], r[2], r[3], r[4], r[5], r[6], r[7], base, int(r[0]))
+                for r in rows
+            ]
+            batch = Batch(events, 0)
+            pub.send(batch)
+            pub.ack(batch)
+            conn.execute(
+                "DELETE FROM public.cdc_backfill WHERE slot_name = %s AND seq = ANY(%s)",
+                (settings.slot, [e.position for e in events]),
+            )
+            total += len(events)
+    left = conn.execute(
+        "SELECT count(*) FROM public.cdc_backfill WHERE slot_name = %s", (settings.slot,)
+    ).fetchone()
+    if left and left[0] == 0:
+        conn.execute(
+            "UPDATE public.cdc_slot SET backfilled_at = now() WHERE slot_name = %s",
+            (settings.slot,),
+        )
+        if total:
+            log.info("backfill of slot %s published %d pre-slot events", settings.slot, total)
+    return total

@@ -1,0 +1,46 @@
+"""`cdc run`: hold the slot and stream outbox inserts into Redis Streams."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import threading
+from types import FrameType
+
+from cdc.metrics import Metrics
+from cdc.relay import Relay
+from cdc.settings import Settings, redact
+
+log = logging.getLogger("cdc.run")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `run` command."""
+    p = sub.add_parser("run", help="stream event_outbox inserts into Redis Streams")
+    p.add_argument(
+        "--once", action="store_true",
+        help="drain everything committed before start, then exit 0",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the relay until SIGTERM/SIGINT (or until drained with --once)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("%s: finishing in-flight batches, then exiting", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    metrics = Metrics()
+    metrics.serve(settings.metrics_port)
+    log.info(
+        "relay starting: database %s, slot %s, table %s",
+        redact(settings.database_url.get_secret_value()), settings.slot, settings.outbox_table,
+    )
+    Relay(settings, metrics=metrics, stop=stop).run(once=args.once)
+    log.info("relay stopped")
+    return 0

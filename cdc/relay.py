@@ -1,0 +1,271 @@
+"""The relay loop: read → decode → route → publish → (write back) → confirm.
+
+One session holds the slot until an error; `run()` decides (errors.policy) whether to
+retry with backoff, stand by for a busy slot, or stop with a hint. A replayed session
+is harmless: publishes are deduplicated in Redis by (commit LSN, position).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from datetime import datetime
+
+import orjson
+from psycopg import sql
+
+from cdc import db, keys, slots
+from cdc import lsn as lsnlib
+from cdc.backfill import backfill
+from cdc.backoff import Backoff
+from cdc.checkpoint import Batch, Checkpoint
+from cdc.contracts import Registry
+from cdc.deadletter import DLQ_EXTRA_FIELDS, DeadLetters
+from cdc.decode import Commit, Decoder, OutboxEvent
+from cdc.errors import Action, CdcError, EventError, SlotBusy, policy
+from cdc.metrics import Metrics
+from cdc.route import Router
+from cdc.settings import Settings
+from cdc.sink import ENTRY_FIELDS, RedisSink
+from cdc.source import ReplicationStream
+
+log = logging.getLogger(__name__)
+STATUS_MIN_INTERVAL = 0.01
+
+
+class Prepare:
+    """Validate an event (size, route, contract) and flatten it into stream fields."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.router = Router(settings.routes)
+        self.registry = Registry(unknown=settings.unknown_events)
+        self.max_bytes = settings.max_event_bytes
+
+    def check(self, ev: OutboxEvent) -> str:
+        """Return the event's stream, or raise EventError."""
+        if len(ev.payload) > self.max_bytes:
+            raise EventError(f"payload is {len(ev.payload)} bytes, over {self.max_bytes}")
+        stream = self.router.route(ev.event_type)
+        try:
+            payload = orjson.loads(ev.payload)
+        except orjson.JSONDecodeError as e:
+            raise EventError(f"payload is not JSON: {e}") from None
+        self.registry.validate(ev.event_type, payload)
+        return stream
+
+
+def fields(ev: OutboxEvent) -> list[str]:
+    """Return the dedup key and the entry's field/value pairs, flat."""
+    idem = ""
+    if '"idempotency_key"' in ev.payload:
+        value = orjson.loads(ev.payload).get("idempotency_key")
+        idem = "" if value is None else str(value)
+    return [
+        ev.key, "event_id", ev.event_id, "event_type", ev.event_type,
+        "aggregate_type", ev.aggregate_type, "aggregate_id", ev.aggregate_id,
+        "tenant_id", ev.tenant_id, "payload", ev.payload, "idempotency_key", idem,
+        "created_at", ev.created_at, "commit_lsn", lsnlib.format(ev.commit_lsn),
+    ]
+
+
+def commit_age(commit_time: str) -> float:
+    """Return seconds since a wal2json commit timestamp ('2026-01-01 10:00:00.1+00')."""
+    try:
+        return time.time() - datetime.fromisoformat(commit_time).timestamp()
+    except ValueError:
+        return 0.0
+
+
+class Publisher:
+    """Turn sealed batches into Redis commands, acknowledge them in order, write back."""
+
+    def __init__(
+        self, settings: Settings, sink: RedisSink, conn: db.Conn, metrics: Metrics
+    ) -> None:
+        self.prepare = Prepare(settings)
+        self.sink = sink
+        self.conn = conn
+        self.metrics = metrics
+        self.mark_published = settings.mark_published
+        self.dead = DeadLetters(conn, table=settings.outbox_table, max_retry=settings.max_retry)
+        schema, _, name = settings.outbox_table.partition(".")
+        self._update = sql.SQL(
+            "UPDATE {} SET status = 'PUBLISHED', published_at = now()"
+            " WHERE id = ANY(%s::uuid[]) AND status IN ('PENDING', 'FAILED')"
+        ).format(sql.Identifier(schema, name))
+
+    def send(self, batch: Batch) -> None:
+        """Route, validate and send every event of `batch` (failures go to the DLQ)."""
+        by_stream: dict[str, list[str]] = {}
+        n_fields: dict[str, int] = {}
+        for ev in batch.events:
+            try:
+                stream = self.prepare.check(ev)
+            except EventError as e:
+                self.metrics.failed.inc()
+                maybe = self.dead.fail(ev, e, self.prepare.check)
+                if maybe is None:
+                    self.metrics.dead_lettered.inc()
+                    flat = [*fields(ev), "error", str(e), "original_stream", self._stream_or(ev)]
+                    by_stream.setdefault(keys.DLQ, []).extend(flat)
+                    n_fields[keys.DLQ] = len(ENTRY_FIELDS) + len(DLQ_EXTRA_FIELDS)
+                    continue
+                stream = maybe
+            by_stream.setdefault(stream, []).extend(fields(ev))
+            batch.published_ids.append(ev.event_id)
+        batch.replies = self.sink.send(by_stream, n_fields) if by_stream else 0
+
+    def _stream_or(self, ev: OutboxEvent) -> str:
+        try:
+            return self.prepare.router.route(ev.event_type)
+        except EventError:
+            return ""
+
+    def ack(self, batch: Batch) -> None:
+        """Wait for `batch`'s replies, then mark its rows PUBLISHED when configured."""
+        added = self.sink.read_replies(batch.replies)
+        published = len(batch.published_ids)
+        self.metrics.published.inc(published)
+        self.metrics.duplicates.inc(max(0, len(batch.events) - added))
+        if self.mark_published and batch.published_ids:
+            with self.conn.transaction():
+                self.conn.execute(self._update, (batch.published_ids,))
+        if batch.events:
+            self.metrics.ack_latency.observe(max(0.0, commit_age(batch.events[-1].commit_time)))
+
+
+class Session:
+    """One hold of the slot: stream until stopped, drained (`once`), or an error."""
+
+    def __init__(self, settings: Settings, metrics: Metrics, stop: threading.Event) -> None:
+        self.s = settings
+        self.metrics = metrics
+        self.stop = stop
+        self.batch: list[OutboxEvent] = []
+        self.decoder = Decoder()
+        self.sent_lsn = -1
+        self.sent_at = 0.0
+        self.target: int | None = None
+
+    def run(self, *, once: bool) -> None:
+        """Stream from the slot's confirmed position; return when stopped or drained."""
+        dsn = self.s.database_url.get_secret_value()
+        sink = RedisSink(self.s.redis_url.get_secret_value(), maxlen=self.s.stream_maxlen)
+        conn = db.connect(dsn, autocommit=True)
+        stream: ReplicationStream | None = None
+        try:
+            sink.connect()
+            pub = Publisher(self.s, sink, conn, self.metrics)
+            sink.ensure_groups(pub.prepare.router.streams(), self.s.group_names())
+            if self.s.backfill and self.s.mark_published:
+                backfill(self.s, conn, pub)
+            start = slots.confirmed_lsn(conn, self.s.slot)
+            self.target = slots.current_lsn(conn) if once else None
+            stream = ReplicationStream(dsn, slot=self.s.slot, table=self.s.outbox_table)
+            self.metrics.up.set(1)
+            log.info("streaming slot %s from %s", self.s.slot, lsnlib.format(start))
+            self._loop(stream, pub, Checkpoint(start))
+        finally:
+            self.metrics.up.set(0)
+            if stream is not None:
+                stream.close()
+            sink.close()
+            conn.close()
+
+    def _loop(self, stream: ReplicationStream, pub: Publisher, cp: Checkpoint) -> None:
+        batch_size, max_in_flight = self.s.batch_size, self.s.max_in_flight
+        decoder = self.decoder
+        while True:
+            msg = stream.read()
+            if msg is None:
+                if self._idle(stream, pub, cp):
+                    return
+                continue
+            if msg.data is None:  # keepalive
+                if not decoder.in_transaction and not self.batch:
+                    cp.idle(msg.wal_end)
+                if msg.reply_requested:
+                    self._status(stream, cp)
+                continue
+            item = decoder.feed(msg.data)
+            if isinstance(item, OutboxEvent):
+                self.batch.append(item)
+                if len(self.batch) >= batch_size:
+                    self._seal(pub, cp)
+            elif isinstance(item, Commit):
+                cp.committed(item.end_lsn)
+            if len(cp.in_flight) >= max_in_flight:
+                pub.ack(cp.acked())
+                if time.monotonic() - self.sent_at > STATUS_MIN_INTERVAL:
+                    self._status(stream, cp)
+            if self.stop.is_set():
+                self._drain(stream, pub, cp)
+                return
+
+    def _idle(self, stream: ReplicationStream, pub: Publisher, cp: Checkpoint) -> bool:
+        """Nothing buffered: flush, ack, confirm, then wait; return True when done."""
+        if self.batch:
+            self._seal(pub, cp)
+        if cp.in_flight:
+            pub.ack(cp.acked())
+            return False
+        if not self.decoder.in_transaction:
+            cp.idle()
+        drained = self.target is not None and cp.confirmed >= self.target
+        now = time.monotonic()
+        if cp.confirmed != self.sent_lsn or now - self.sent_at > self.s.status_interval_s:
+            # In --once mode ask for a keepalive: it carries the server's WAL end.
+            self._status(stream, cp, reply=self.target is not None and not drained)
+            self.metrics.lag_seconds.set(0)
+        if drained or self.stop.is_set():
+            return True
+        stream.wait(self.s.status_interval_s if self.target is None else 0.05)
+        return False
+
+    def _status(self, stream: ReplicationStream, cp: Checkpoint, *, reply: bool = False) -> None:
+        stream.send_status(cp.confirmed, reply=reply)
+        self.sent_lsn, self.sent_at = cp.confirmed, time.monotonic()
+        self.metrics.confirmed_lsn.set(cp.confirmed)
+
+    def _seal(self, pub: Publisher, cp: Checkpoint) -> None:
+        batch = Batch(self.batch, 0)
+        self.batch = []
+        pub.send(batch)
+        cp.seal(batch)
+
+    def _drain(self, stream: ReplicationStream, pub: Publisher, cp: Checkpoint) -> None:
+        if self.batch:
+            self._seal(pub, cp)
+        while cp.in_flight:
+            pub.ack(cp.acked())
+        self._status(stream, cp)
+
+
+class Relay:
+    """Run sessions until stopped: retry transient errors, stand by while the slot is busy."""
+
+    def __init__(self, settings: Settings, *, metrics: Metrics, stop: threading.Event) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.stop = stop
+
+    def run(self, *, once: bool = False) -> None:
+        """Ensure the slot, then stream; return on stop or when `once` has drained."""
+        backoff = Backoff(base=0.1, cap=self.settings.standby_max_backoff_s)
+        ensured = False
+        while not self.stop.is_set():
+            try:
+                if not ensured:
+                    slots.ensure(self.settings)
+                    ensured = True
+                Session(self.settings, self.metrics, self.stop).run(once=once)
+                return
+            except SlotBusy as e:
+                log.info("standing by: %s; retrying", e)
+            except CdcError as e:
+                if policy(e) is Action.STOP:
+                    raise
+                log.warning("%s; retrying with backoff", e.one_line())
+            if backoff.wait(self.stop):
+                return

@@ -1,0 +1,103 @@
+"""The Redis side: deduplicated XADD batches (lua/publish.lua) sent pipelined on one connection.
+
+Commands are packed once and written without waiting; replies are read in order, so
+several batches can be in flight while the relay keeps decoding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from importlib import resources
+from typing import Any
+
+import redis
+from redis.connection import ConnectionPool
+
+from cdc import keys
+from cdc.errors import SinkError
+
+ENTRY_FIELDS = (
+    "event_id", "event_type", "aggregate_type", "aggregate_id", "tenant_id",
+    "payload", "idempotency_key", "created_at", "commit_lsn",
+)
+PUBLISH_LUA = resources.files("cdc").joinpath("lua/publish.lua").read_text()
+
+
+def _translate(e: Exception, what: str) -> SinkError:
+    if isinstance(e, redis.ResponseError) and "OOM" in str(e):
+        return SinkError(
+            f"Redis refused {what}: {e}",
+            hint="Redis is full: raise maxmemory, trim streams (`cdc trim`), or add memory",
+        )
+    return SinkError(f"Redis {what} failed: {e}", hint="check CDC_REDIS_URL and that Redis is up")
+
+
+class RedisSink:
+    """Publish batches of entries to streams, atomically deduplicated per stream."""
+
+    def __init__(self, url: str, *, maxlen: int = 0, timeout: float = 5.0) -> None:
+        self._pool = ConnectionPool.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+        self._maxlen = maxlen
+        self._conn: Any = None
+        self._sha = ""
+        self._expected = 0
+
+    def connect(self) -> None:
+        """Open the connection and load the publish script."""
+        try:
+            self._conn = self._pool.make_connection()
+            self._conn.connect()
+            self._conn.send_command("SCRIPT", "LOAD", PUBLISH_LUA)
+            self._sha = self._conn.read_response().decode()
+        except (redis.RedisError, OSError) as e:
+            self.close()
+            raise _translate(e, "connect") from None
+
+    def ensure_groups(self, streams: Iterable[str], groups: Iterable[str]) -> None:
+        """Create each consumer group on each stream (MKSTREAM), ignoring existing ones."""
+        group_list = list(groups)
+        for stream in streams:
+            for group in group_list:
+                try:
+                    self._conn.send_command("XGROUP", "CREATE", stream, group, "$", "MKSTREAM")
+                    self._conn.read_response()
+                except redis.ResponseError as e:
+                    if "BUSYGROUP" not in str(e):
+                        raise _translate(e, "XGROUP CREATE") from None
+                except (redis.RedisError, OSError) as e:
+                    raise _translate(e, "XGROUP CREATE") from None
+
+    def send(self, by_stream: dict[str, list[str]], n_fields: dict[str, int]) -> int:
+        """Write one EVALSHA per stream without waiting; return how many replies to read.
+
+        Each list is flat: per entry its dedup key, then `n_fields[stream]` field/value pairs.
+        """
+        cmds = [
+            ("EVALSHA", self._sha, 2, stream, keys.hwm(stream), self._maxlen,
+             n_fields.get(stream, len(ENTRY_FIELDS)), *flat)
+            for stream, flat in by_stream.items()
+        ]
+        try:
+            self._conn.send_packed_command(self._conn.pack_commands(cmds), check_health=False)
+        except (redis.RedisError, OSError) as e:
+            raise _translate(e, "XADD") from None
+        return len(cmds)
+
+    def read_replies(self, n: int) -> int:
+        """Read `n` replies in order; return how many entries were added (not deduplicated)."""
+        added = 0
+        try:
+            for _ in range(n):
+                added += int(self._conn.read_response())
+        except (redis.RedisError, OSError) as e:
+            raise _translate(e, "XADD") from None
+        return added
+
+    def close(self) -> None:
+        """Drop the connection."""
+        if self._conn is not None:
+            self._conn.disconnect()
+            self._conn = None
+        self._pool.disconnect()

@@ -1,0 +1,139 @@
+"""The replication stream: START_REPLICATION over psycopg 3's COPY_BOTH, driven through pgconn.
+
+The server pushes `w` (XLogData) and `k` (keepalive) messages; we answer with `r`
+(standby status) carrying the LSN that is safe to confirm. Nothing here polls.
+"""
+
+from __future__ import annotations
+
+import select
+import struct
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import psycopg
+from psycopg import pq, sql
+
+from cdc import lsn as lsnlib
+from cdc.errors import ConfigError, SlotBusy, SourceError
+from cdc.settings import redact
+
+PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
+_HDR_W = struct.Struct("!QQq")
+_HDR_K = struct.Struct("!QqB")
+_STATUS = struct.Struct("!cQQQqB")
+
+
+@dataclass(slots=True)
+class Message:
+    """One message of the stream: XLogData (`data` set) or a keepalive (`data` None)."""
+
+    wal_start: int
+    wal_end: int
+    data: memoryview | None
+    reply_requested: bool = False
+
+
+class Source(Protocol):
+    """What the relay needs from a replication stream."""
+
+    def read(self) -> Message | None: ...
+    def wait(self, timeout: float) -> None: ...
+    def send_status(self, flushed: int, *, reply: bool = False) -> None: ...
+    def close(self) -> None: ...
+
+
+def plugin_options(table: str) -> sql.Composed:
+    """Return the wal2json option list: format 2, inserts on the outbox table only."""
+    opts = {
+        "format-version": "2",
+        "add-tables": table,
+        "actions": "insert",
+        "include-lsn": "true",
+        "include-timestamp": "true",
+        "include-types": "false",
+        "include-transaction": "true",
+    }
+    return sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in opts.items()
+    )
+
+
+def replication_connect(dsn: str) -> psycopg.Connection[tuple[object, ...]]:
+    """Open a logical replication connection; errors become SourceError/ConfigError."""
+    try:
+        return psycopg.connect(dsn, replication="database", autocommit=True, connect_timeout=10)
+    except psycopg.ProgrammingError as e:
+        raise ConfigError(f"CDC_DATABASE_URL is not a valid PostgreSQL DSN: {e}") from None
+    except psycopg.OperationalError as e:
+        raise SourceError(
+            f"cannot open a replication connection to {redact(dsn)}: {e}",
+            hint="the relay's role needs REPLICATION and pg_hba.conf must allow it",
+        ) from None
+
+
+class ReplicationStream:
+    """A started logical replication stream on one slot."""
+
+    def __init__(self, dsn: str, *, slot: str, table: str, start_lsn: int = 0) -> None:
+        self._conn = replication_connect(dsn)
+        stmt = sql.SQL("START_REPLICATION SLOT {} LOGICAL {} ({})").format(
+            sql.Identifier(slot), sql.SQL(lsnlib.format(start_lsn)), plugin_options(table)
+        )
+        try:
+            self._conn.execute(stmt)
+        except psycopg.errors.ObjectInUse as e:
+            self._conn.close()
+            raise SlotBusy(f"replication slot {slot} is active in another session: {e}") from None
+        except psycopg.errors.UndefinedObject as e:
+            self._conn.close()
+            raise SourceError(str(e), hint="create it with `cdc slot create`") from None
+        except psycopg.Error as e:
+            self._conn.close()
+            raise SourceError(f"START_REPLICATION on slot {slot} failed: {e}") from None
+        self._pg = self._conn.pgconn
+        self._fileno = self._pg.socket
+
+    def read(self) -> Message | None:
+        """Return the next message if one is buffered, else None (never blocks)."""
+        n, buf = self._pg.get_copy_data(1)
+        if n == 0:
+            return None
+        if n < 0:
+            raise SourceError(f"replication stream ended: {self._error()}")
+        kind = buf[0]
+        if kind == 0x77:  # 'w'
+            start, end, _ = _HDR_W.unpack_from(buf, 1)
+            return Message(start, end, buf[25:])
+        if kind == 0x6B:  # 'k'
+            end, _, reply = _HDR_K.unpack_from(buf, 1)
+            return Message(end, end, None, bool(reply))
+        raise SourceError(f"unexpected replication message type {chr(kind)!r}")
+
+    def wait(self, timeout: float) -> None:
+        """Block until the socket is readable or `timeout` passes, then take what arrived."""
+        readable, _, _ = select.select([self._fileno], [], [], timeout)
+        if readable:
+            try:
+                self._pg.consume_input()
+            except psycopg.OperationalError as e:
+                raise SourceError(f"replication connection lost: {e}") from None
+
+    def send_status(self, flushed: int, *, reply: bool = False) -> None:
+        """Report `flushed` as written, flushed and applied."""
+        now = int(time.time() * 1_000_000) - PG_EPOCH_US
+        msg = _STATUS.pack(b"r", flushed, flushed, flushed, now, 1 if reply else 0)
+        try:
+            self._pg.put_copy_data(msg)
+            self._pg.flush()
+        except psycopg.OperationalError as e:
+            raise SourceError(f"replication connection lost: {e}") from None
+
+    def _error(self) -> str:
+        msg = self._pg.error_message.decode(errors="replace").strip()
+        return msg or pq.ConnStatus(self._pg.status).name
+
+    def close(self) -> None:
+        """Close the connection (the slot keeps its confirmed position)."""
+        self._conn.close()
