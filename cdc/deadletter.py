@@ -17,8 +17,6 @@ from cdc.errors import EventError
 
 log = logging.getLogger(__name__)
 
-DLQ_EXTRA_FIELDS = ("error", "original_stream")
-
 
 class DeadLetters:
     """Record failed attempts and dead letters in PostgreSQL."""

@@ -25,6 +25,7 @@ class OutboxEvent:
     commit_lsn: int
     position: int
     commit_time: str = ""
+    idempotency_key: str = ""
 
     @property
     def key(self) -> str:

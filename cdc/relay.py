@@ -21,13 +21,13 @@ from cdc.backfill import backfill
 from cdc.backoff import Backoff
 from cdc.checkpoint import Batch, Checkpoint
 from cdc.contracts import Registry
-from cdc.deadletter import DLQ_EXTRA_FIELDS, DeadLetters
+from cdc.deadletter import DeadLetters
 from cdc.decode import Commit, Decoder, OutboxEvent
 from cdc.errors import Action, CdcError, EventError, SlotBusy, policy
 from cdc.metrics import Metrics
 from cdc.route import Router
 from cdc.settings import Settings
-from cdc.sink import ENTRY_FIELDS, RedisSink
+from cdc.sink import DLQ_FIELDS, RedisSink
 from cdc.source import ReplicationStream
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ class Prepare:
         self.max_bytes = settings.max_event_bytes
 
     def check(self, ev: OutboxEvent) -> str:
-        """Return the event's stream, or raise EventError."""
+        """Return the event's stream, or raise EventError; note its idempotency key."""
         if len(ev.payload) > self.max_bytes:
             raise EventError(f"payload is {len(ev.payload)} bytes, over {self.max_bytes}")
         stream = self.router.route(ev.event_type)
@@ -52,20 +52,17 @@ class Prepare:
         except orjson.JSONDecodeError as e:
             raise EventError(f"payload is not JSON: {e}") from None
         self.registry.validate(ev.event_type, payload)
+        if isinstance(payload, dict):
+            idem = payload.get("idempotency_key")
+            ev.idempotency_key = "" if idem is None else str(idem)
         return stream
 
 
-def fields(ev: OutboxEvent) -> list[str]:
-    """Return the dedup key and the entry's field/value pairs, flat."""
-    idem = ""
-    if '"idempotency_key"' in ev.payload:
-        value = orjson.loads(ev.payload).get("idempotency_key")
-        idem = "" if value is None else str(value)
+def entry(ev: OutboxEvent) -> list[str]:
+    """Return [dedup key, *values in ENTRY_FIELDS order]."""
     return [
-        ev.key, "event_id", ev.event_id, "event_type", ev.event_type,
-        "aggregate_type", ev.aggregate_type, "aggregate_id", ev.aggregate_id,
-        "tenant_id", ev.tenant_id, "payload", ev.payload, "idempotency_key", idem,
-        "created_at", ev.created_at, "commit_lsn", lsnlib.format(ev.commit_lsn),
+        ev.key, ev.event_id, ev.event_type, ev.aggregate_type, ev.aggregate_id, ev.tenant_id,
+        ev.payload, ev.idempotency_key, ev.created_at, lsnlib.format(ev.commit_lsn),
     ]
 
 
@@ -97,24 +94,25 @@ class Publisher:
 
     def send(self, batch: Batch) -> None:
         """Route, validate and send every event of `batch` (failures go to the DLQ)."""
-        by_stream: dict[str, list[str]] = {}
-        n_fields: dict[str, int] = {}
+        by_stream: dict[str, list[list[str]]] = {}
+        names: dict[str, tuple[str, ...]] = {}
+        check = self.prepare.check
         for ev in batch.events:
             try:
-                stream = self.prepare.check(ev)
+                stream = check(ev)
             except EventError as e:
                 self.metrics.failed.inc()
-                maybe = self.dead.fail(ev, e, self.prepare.check)
+                maybe = self.dead.fail(ev, e, check)
                 if maybe is None:
                     self.metrics.dead_lettered.inc()
-                    flat = [*fields(ev), "error", str(e), "original_stream", self._stream_or(ev)]
-                    by_stream.setdefault(keys.DLQ, []).extend(flat)
-                    n_fields[keys.DLQ] = len(ENTRY_FIELDS) + len(DLQ_EXTRA_FIELDS)
+                    dead = [*entry(ev), str(e), self._stream_or(ev)]
+                    by_stream.setdefault(keys.DLQ, []).append(dead)
+                    names[keys.DLQ] = DLQ_FIELDS
                     continue
                 stream = maybe
-            by_stream.setdefault(stream, []).extend(fields(ev))
+            by_stream.setdefault(stream, []).append(entry(ev))
             batch.published_ids.append(ev.event_id)
-        batch.replies = self.sink.send(by_stream, n_fields) if by_stream else 0
+        batch.replies = self.sink.send(by_stream, names) if by_stream else 0
 
     def _stream_or(self, ev: OutboxEvent) -> str:
         try:
@@ -208,7 +206,11 @@ class Session:
         if self.batch:
             self._seal(pub, cp)
         if cp.in_flight:
-            pub.ack(cp.acked())
+            reply, _ = pub.sink.wait(stream.fileno, self.s.status_interval_s)
+            if reply:
+                pub.ack(cp.acked())
+            else:
+                stream.consume()
             return False
         if not self.decoder.in_transaction:
             cp.idle()

@@ -1,15 +1,18 @@
 """The Redis side: deduplicated XADD batches (lua/publish.lua) sent pipelined on one connection.
 
-Commands are packed once and written without waiting; replies are read in order, so
-several batches can be in flight while the relay keeps decoding.
+A batch travels as one JSON argument per stream (cheap to pack, decoded by Redis' cjson);
+commands are written without waiting and replies read in order, so several batches are
+in flight while the relay keeps decoding.
 """
 
 from __future__ import annotations
 
+import select
 from collections.abc import Iterable
 from importlib import resources
 from typing import Any
 
+import orjson
 import redis
 from redis.connection import ConnectionPool
 
@@ -20,6 +23,8 @@ ENTRY_FIELDS = (
     "event_id", "event_type", "aggregate_type", "aggregate_id", "tenant_id",
     "payload", "idempotency_key", "created_at", "commit_lsn",
 )
+DLQ_FIELDS = (*ENTRY_FIELDS, "error", "original_stream")
+_NAMES = {ENTRY_FIELDS: orjson.dumps(ENTRY_FIELDS), DLQ_FIELDS: orjson.dumps(DLQ_FIELDS)}
 PUBLISH_LUA = resources.files("cdc").joinpath("lua/publish.lua").read_text()
 
 
@@ -69,21 +74,30 @@ class RedisSink:
                 except (redis.RedisError, OSError) as e:
                     raise _translate(e, "XGROUP CREATE") from None
 
-    def send(self, by_stream: dict[str, list[str]], n_fields: dict[str, int]) -> int:
+    def send(self, by_stream: dict[str, list[list[str]]], names: dict[str, tuple[str, ...]]) -> int:
         """Write one EVALSHA per stream without waiting; return how many replies to read.
 
-        Each list is flat: per entry its dedup key, then `n_fields[stream]` field/value pairs.
+        Each entry is [dedup key, *values]; values follow `names[stream]` (default
+        ENTRY_FIELDS).
         """
         cmds = [
             ("EVALSHA", self._sha, 2, stream, keys.hwm(stream), self._maxlen,
-             n_fields.get(stream, len(ENTRY_FIELDS)), *flat)
-            for stream, flat in by_stream.items()
+             _NAMES[names.get(stream, ENTRY_FIELDS)], orjson.dumps(entries))
+            for stream, entries in by_stream.items()
         ]
         try:
             self._conn.send_packed_command(self._conn.pack_commands(cmds), check_health=False)
         except (redis.RedisError, OSError) as e:
             raise _translate(e, "XADD") from None
         return len(cmds)
+
+    def wait(self, other_fd: int, timeout: float) -> tuple[bool, bool]:
+        """Wait until a reply or `other_fd` is readable; return (reply ready, other ready)."""
+        if self._conn.can_read(timeout=0):
+            return True, False
+        sock = self._conn._sock  # redis-py keeps its socket here; we only select on it
+        readable, _, _ = select.select([sock, other_fd], [], [], timeout)
+        return sock in readable, other_fd in readable
 
     def read_replies(self, n: int) -> int:
         """Read `n` replies in order; return how many entries were added (not deduplicated)."""

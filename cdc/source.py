@@ -93,7 +93,7 @@ class ReplicationStream:
             self._conn.close()
             raise SourceError(f"START_REPLICATION on slot {slot} failed: {e}") from None
         self._pg = self._conn.pgconn
-        self._fileno = self._pg.socket
+        self.fileno = self._pg.socket
 
     def read(self) -> Message | None:
         """Return the next message if one is buffered, else None (never blocks)."""
@@ -113,12 +113,16 @@ class ReplicationStream:
 
     def wait(self, timeout: float) -> None:
         """Block until the socket is readable or `timeout` passes, then take what arrived."""
-        readable, _, _ = select.select([self._fileno], [], [], timeout)
+        readable, _, _ = select.select([self.fileno], [], [], timeout)
         if readable:
-            try:
-                self._pg.consume_input()
-            except psycopg.OperationalError as e:
-                raise SourceError(f"replication connection lost: {e}") from None
+            self.consume()
+
+    def consume(self) -> None:
+        """Take whatever the socket holds into libpq's buffer (never blocks)."""
+        try:
+            self._pg.consume_input()
+        except psycopg.OperationalError as e:
+            raise SourceError(f"replication connection lost: {e}") from None
 
     def send_status(self, flushed: int, *, reply: bool = False) -> None:
         """Report `flushed` as written, flushed and applied."""

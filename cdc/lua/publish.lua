@@ -1,30 +1,37 @@
 -- Add entries above the stream's high-water mark, then advance the mark: one atomic step.
 -- KEYS[1] stream, KEYS[2] high-water mark key
--- ARGV[1] MAXLEN (~) or 0 for uncapped, ARGV[2] field/value pairs per entry (n)
--- then per entry: its dedup key ("%016x:%08x" of commit LSN and position), 2n strings.
--- Returns the number of entries added (the rest were already published).
+-- ARGV[1] MAXLEN (~), 0 for uncapped
+-- ARGV[2] JSON array of field names
+-- ARGV[3] JSON array of entries: [dedup key, value for each field...]; the dedup key is
+--         "%016x:%08x" of (commit LSN, position in the transaction), so string order is
+--         commit order.
+-- Returns the number of entries added (the others were already published).
 local hwm = redis.call('GET', KEYS[2]) or ''
-local pairs_n = tonumber(ARGV[2]) * 2
-local args = {KEYS[1]}
+local names = cjson.decode(ARGV[2])
+local entries = cjson.decode(ARGV[3])
+local n = #names
+local args = {}
 if tonumber(ARGV[1]) > 0 then
-  args = {KEYS[1], 'MAXLEN', '~', ARGV[1]}
+  args = {'MAXLEN', '~', ARGV[1], '*'}
+else
+  args = {'*'}
 end
-args[#args + 1] = '*'
 local base = #args
+for j = 1, n do
+  args[base + 2 * j - 1] = names[j]
+end
 local last = hwm
 local added = 0
-local i = 3
-while i <= #ARGV do
-  local key = ARGV[i]
+for _, e in ipairs(entries) do
+  local key = e[1]
   if key > last then
-    for j = 1, pairs_n do
-      args[base + j] = ARGV[i + j]
+    for j = 1, n do
+      args[base + 2 * j] = e[j + 1]
     end
-    redis.call('XADD', unpack(args))
+    redis.call('XADD', KEYS[1], unpack(args))
     last = key
     added = added + 1
   end
-  i = i + 1 + pairs_n
 end
 if last ~= hwm then
   redis.call('SET', KEYS[2], last)
