@@ -10,6 +10,9 @@ import orjson
 from cdc import lsn as lsnlib
 from cdc.errors import SourceError
 
+COLUMNS = ("id", "tenant_id", "aggregate_type", "aggregate_id", "event_type", "payload",
+           "created_at")
+
 
 @dataclass(slots=True)
 class OutboxEvent:
@@ -25,6 +28,7 @@ class OutboxEvent:
     commit_lsn: int
     position: int
     commit_time: str = ""
+    commit_lsn_text: str = ""
     idempotency_key: str = ""
 
     @property
@@ -48,9 +52,11 @@ class Decoder:
     def __init__(self) -> None:
         self.in_transaction = False
         self._commit_lsn = 0
-        self._end_lsn = 0
+        self._commit_text = ""
         self._time = ""
         self._position = 0
+        self._layout: tuple[int, ...] = ()
+        self._ncols = -1
 
     def feed(self, data: memoryview | bytes) -> OutboxEvent | Commit | None:
         """Decode one message; return an event, a commit, or None for a begin."""
@@ -60,11 +66,11 @@ class Decoder:
             raise SourceError(f"wal2json sent invalid JSON: {e}") from None
         action = msg.get("action")
         if action == "I":
-            return self._insert(msg)
+            return self._insert(msg["columns"])
         if action == "B":
             self.in_transaction = True
-            self._commit_lsn = lsnlib.parse(msg["lsn"])
-            self._end_lsn = lsnlib.parse(msg["nextlsn"])
+            self._commit_text = msg["lsn"]
+            self._commit_lsn = lsnlib.parse(self._commit_text)
             self._time = msg.get("timestamp", "")
             self._position = 0
             return None
@@ -73,23 +79,30 @@ class Decoder:
             return Commit(lsnlib.parse(msg["nextlsn"]), msg.get("timestamp", ""), self._position)
         return None  # M (logical messages), T (truncate) and others: not outbox inserts
 
-    def _insert(self, msg: dict[str, Any]) -> OutboxEvent:
-        cols = {c["name"]: c["value"] for c in msg["columns"]}
+    def _insert(self, cols: list[dict[str, Any]]) -> OutboxEvent:
+        if len(cols) != self._ncols:
+            self._learn(cols)
+        i_id, i_tenant, i_agg_type, i_agg_id, i_type, i_payload, i_created = self._layout
+        if cols[i_payload]["name"] != "payload" or cols[i_id]["name"] != "id":
+            i_id, i_tenant, i_agg_type, i_agg_id, i_type, i_payload, i_created = self._learn(cols)
         self._position += 1
-        try:
-            return OutboxEvent(
-                event_id=cols["id"],
-                tenant_id=cols["tenant_id"],
-                aggregate_type=cols["aggregate_type"],
-                aggregate_id=cols["aggregate_id"],
-                event_type=cols["event_type"],
-                payload=cols["payload"] if cols["payload"] is not None else "null",
-                created_at=cols["created_at"],
-                commit_lsn=self._commit_lsn,
-                position=self._position,
-                commit_time=self._time,
-            )
-        except KeyError as e:
+        payload = cols[i_payload]["value"]
+        return OutboxEvent(
+            cols[i_id]["value"], cols[i_tenant]["value"], cols[i_agg_type]["value"],
+            cols[i_agg_id]["value"], cols[i_type]["value"],
+            payload if payload is not None else "null", cols[i_created]["value"],
+            self._commit_lsn, self._position, self._time, self._commit_text,
+        )
+
+    def _learn(self, cols: list[dict[str, Any]]) -> tuple[int, ...]:
+        """Find the outbox columns by name (first insert, or after ALTER TABLE)."""
+        index = {c["name"]: i for i, c in enumerate(cols)}
+        missing = [name for name in COLUMNS if name not in index]
+        if missing:
             raise SourceError(
-                f"outbox insert lacks column {e}: is CDC_OUTBOX_TABLE the outbox table?"
-            ) from None
+                f"outbox insert lacks column(s) {', '.join(missing)}:"
+                " is CDC_OUTBOX_TABLE the outbox table?"
+            )
+        self._layout = tuple(index[name] for name in COLUMNS)
+        self._ncols = len(cols)
+        return self._layout

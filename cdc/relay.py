@@ -62,7 +62,8 @@ def entry(ev: OutboxEvent) -> list[str]:
     """Return [dedup key, *values in ENTRY_FIELDS order]."""
     return [
         ev.key, ev.event_id, ev.event_type, ev.aggregate_type, ev.aggregate_id, ev.tenant_id,
-        ev.payload, ev.idempotency_key, ev.created_at, lsnlib.format(ev.commit_lsn),
+        ev.payload, ev.idempotency_key, ev.created_at,
+        ev.commit_lsn_text or lsnlib.format(ev.commit_lsn),
     ]
 
 
@@ -130,7 +131,9 @@ class Publisher:
             with self.conn.transaction():
                 self.conn.execute(self._update, (batch.published_ids,))
         if batch.events:
-            self.metrics.ack_latency.observe(max(0.0, commit_age(batch.events[-1].commit_time)))
+            age = max(0.0, commit_age(batch.events[-1].commit_time))
+            self.metrics.ack_latency.observe(age)
+            self.metrics.lag_seconds.set(age)
 
 
 class Session:
@@ -257,6 +260,7 @@ class Relay:
         backoff = Backoff(base=0.1, cap=self.settings.standby_max_backoff_s)
         ensured = False
         while not self.stop.is_set():
+            started = time.monotonic()
             try:
                 if not ensured:
                     slots.ensure(self.settings)
@@ -269,5 +273,7 @@ class Relay:
                 if policy(e) is Action.STOP:
                     raise
                 log.warning("%s; retrying with backoff", e.one_line())
+            if time.monotonic() - started > 30:  # it had been streaming: start over gently
+                backoff.reset()
             if backoff.wait(self.stop):
                 return

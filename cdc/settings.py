@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     backfill: bool = True
     standby_max_backoff_s: float = Field(5.0, gt=0)
     status_interval_s: float = Field(1.0, gt=0)
+    metrics_sample_s: float = Field(5.0, gt=0)
     migrations_dir: Path = SQL_DIR
     weaver_secret_key: SecretStr | None = None
 

@@ -244,3 +244,39 @@ def test_postgres_restart_reconnects_and_resumes(
             lambda: rds.xlen("axiom:core:events") == 200, timeout=30, what="events after restart"
         )
     assert len({e["event_id"] for e in stream_events(rds)}) == 200
+
+
+def test_metrics_endpoint_exports_the_seed_metrics(
+    settings: Settings, pg_dsn: str, rds: redis.Redis
+) -> None:
+    import urllib.request
+
+    from cdc.localservers import free_port
+
+    port = free_port()
+    with relay(settings, CDC_METRICS_PORT=str(port), CDC_METRICS_SAMPLE_S="0.2"):
+        wait_for(lambda: _active(pg_dsn, settings.slot), what="relay to hold the slot")
+        insert_cases(pg_dsn, 30)
+        wait_for(lambda: rds.xlen("axiom:core:events") == 30, what="30 entries")
+
+        def scrape() -> dict[str, float]:
+            body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read()
+            return {
+                line.split(" ")[0]: float(line.split(" ")[1])
+                for line in body.decode().splitlines()
+                if line and not line.startswith("#")
+            }
+
+        wait_for(lambda: scrape().get("core_event_outbox_published_total") == 30, what="count")
+        got = scrape()
+    for name in (
+        "core_event_outbox_failed_total",
+        "core_event_outbox_pending",
+        "core_relay_lag_seconds",
+        "core_dlq_depth",
+        "core_relay_slot_lag_bytes",
+        "core_relay_commit_to_ack_seconds_count",
+    ):
+        assert name in got, name
+    assert got["core_relay_commit_to_ack_seconds_count"] >= 1
+    assert got["core_event_outbox_pending"] == 0

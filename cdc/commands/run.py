@@ -10,6 +10,7 @@ from types import FrameType
 
 from cdc.metrics import Metrics
 from cdc.relay import Relay
+from cdc.sampler import Sampler
 from cdc.settings import Settings, redact
 
 log = logging.getLogger("cdc.run")
@@ -37,6 +38,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     signal.signal(signal.SIGINT, on_signal)
     metrics = Metrics()
     metrics.serve(settings.metrics_port)
+    if settings.metrics_port:
+        Sampler(settings, metrics, stop, interval=settings.metrics_sample_s).start()
     log.info(
         "relay starting: database %s, slot %s, table %s",
         redact(settings.database_url.get_secret_value()), settings.slot, settings.outbox_table,
