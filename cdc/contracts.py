@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from cdc.errors import EventError
@@ -89,13 +90,39 @@ class Registry:
         try:
             model.model_validate(payload)
         except ValidationError as e:
-            first = e.errors()[0]
-            where = ".".join(str(p) for p in first["loc"]) or "payload"
-            raise EventError(
-                f"{event_type} breaks its contract: {where}: {first['msg']}"
-                f" ({e.error_count()} error(s))"
-            ) from None
+            raise _broken(event_type, e) from None
+
+    def validate_json(self, event_type: str, text: str) -> str:
+        """Validate a JSON payload in one pass; return its idempotency key ("" if none)."""
+        model = self._contracts.get(event_type)
+        if model is None:
+            if self._reject_unknown:
+                raise EventError(f"no contract registered for event type {event_type}")
+            if '"idempotency_key"' not in text:
+                return ""
+            try:
+                payload = orjson.loads(text)
+            except orjson.JSONDecodeError as e:
+                raise EventError(f"payload is not JSON: {e}") from None
+            key = payload.get("idempotency_key") if isinstance(payload, dict) else None
+            return "" if key is None else str(key)
+        try:
+            obj = model.model_validate_json(text)
+        except ValidationError as e:
+            raise _broken(event_type, e) from None
+        return obj.idempotency_key or ""
 
     def known(self) -> list[str]:
         """Return the registered event types."""
         return sorted(self._contracts)
+
+
+def _broken(event_type: str, e: ValidationError) -> EventError:
+    first = e.errors()[0]
+    where = ".".join(str(p) for p in first["loc"]) or "payload"
+    if first["type"] == "model_type":
+        return EventError(f"{event_type}: payload must be a JSON object")
+    return EventError(
+        f"{event_type} breaks its contract: {where}: {first['msg']}"
+        f" ({e.error_count()} error(s))"
+    )

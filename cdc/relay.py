@@ -12,7 +12,6 @@ import threading
 import time
 from datetime import datetime
 
-import orjson
 from psycopg import sql
 
 from cdc import db, keys, slots
@@ -47,14 +46,7 @@ class Prepare:
         if len(ev.payload) > self.max_bytes:
             raise EventError(f"payload is {len(ev.payload)} bytes, over {self.max_bytes}")
         stream = self.router.route(ev.event_type)
-        try:
-            payload = orjson.loads(ev.payload)
-        except orjson.JSONDecodeError as e:
-            raise EventError(f"payload is not JSON: {e}") from None
-        self.registry.validate(ev.event_type, payload)
-        if isinstance(payload, dict):
-            idem = payload.get("idempotency_key")
-            ev.idempotency_key = "" if idem is None else str(idem)
+        ev.idempotency_key = self.registry.validate_json(ev.event_type, ev.payload)
         return stream
 
 
@@ -205,8 +197,12 @@ class Session:
                 return
 
     def _idle(self, stream: ReplicationStream, pub: Publisher, cp: Checkpoint) -> bool:
-        """Nothing buffered: flush, ack, confirm, then wait; return True when done."""
-        if self.batch:
+        """Nothing buffered: flush, ack, confirm, then wait; return True when done.
+
+        Inside a transaction the rest of it is on its way: keep filling the batch
+        (it is sealed when full) instead of sending a small one.
+        """
+        if self.batch and (not self.decoder.in_transaction or self.stop.is_set()):
             self._seal(pub, cp)
         if cp.in_flight:
             reply, _ = pub.sink.wait(stream.fileno, self.s.status_interval_s)

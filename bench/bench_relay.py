@@ -1,0 +1,271 @@
+"""Relay benchmarks, all in one run on throwaway local servers (issue 3).
+
+1. Drain a backlog: the same WAL read by (a) a bare slot reader with no sink, (b) the relay
+   with write-back off, (c) with write-back on; relay CPU per event and peak RSS.
+2. Steady 1000 events/s: commit → entry readable by a separate XREAD BLOCK client, p50/p99,
+   write-back off and on.
+3. The seed's polling relay as a reference, same machine, same run.
+
+    .venv/bin/python -m bench.bench_relay [--events 200000] [--seconds 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from typing import Any
+
+import orjson
+import psycopg
+import redis
+
+from bench import polling_reference
+from cdc import migrate, slots
+from cdc.localservers import LocalPostgres, LocalRedis
+from cdc.settings import SQL_DIR, Settings
+from cdc.source import ReplicationStream
+
+INSERT = (
+    "INSERT INTO event_outbox (tenant_id, aggregate_type, aggregate_id, event_type, payload)"
+    " SELECT 'tenant-1', 'case', 'case-' || g, 'CASE_CREATED', jsonb_build_object('case_id',"
+    " 'case-' || g, 'status', 'OPEN', 'idempotency_key', %s || g) FROM generate_series(1, %s) g"
+)
+
+
+def backlog(dsn: str, n: int, tag: str) -> None:
+    """Commit `n` outbox rows in transactions of 1000."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for i in range(0, n, 1000):
+            conn.execute(INSERT, (f"{tag}-{i}-", min(1000, n - i)))
+
+
+def raw_read(dsn: str, slot: str, n: int) -> float:
+    """Read `n` inserts from the slot with no sink; return events/s."""
+    stream = ReplicationStream(dsn, slot=slot, table="public.event_outbox")
+    seen = 0
+    t0 = time.perf_counter()
+    while seen < n:
+        msg = stream.read()
+        if msg is None:
+            stream.wait(1.0)
+        elif msg.data is not None and bytes(msg.data[:14]) == b'{"action":"I",':
+            seen += 1
+    rate = n / (time.perf_counter() - t0)
+    stream.close()
+    return rate
+
+
+def relay_env(dsn: str, redis_url: str, slot: str, mark: bool) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CDC_")}
+    env.update(
+        CDC_DATABASE_URL=dsn,
+        CDC_REDIS_URL=redis_url,
+        CDC_SLOT=slot,
+        CDC_MARK_PUBLISHED=str(mark).lower(),
+        CDC_BACKFILL="false",
+        CDC_STREAM_MAXLEN="0",
+    )
+    return env
+
+
+def relay_drain(dsn: str, redis_url: str, slot: str, n: int, mark: bool) -> dict[str, float]:
+    """Run `cdc run --once` over the backlog; return rate, CPU µs/event and peak RSS."""
+    r = redis.Redis.from_url(redis_url)
+    r.flushall()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cdc", "run", "--once"],
+        env=relay_env(dsn, redis_url, slot, mark),
+        stderr=subprocess.DEVNULL,
+    )
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t0
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    got = int(r.xlen("axiom:core:events"))
+    r.close()
+    if proc.returncode != 0 or got != n:
+        raise SystemExit(f"relay drain failed: exit {proc.returncode}, {got}/{n} entries")
+    cpu = usage.ru_utime + usage.ru_stime
+    return {
+        "rate": n / wall,
+        "wall": wall,
+        "cpu_us": cpu * 1e6 / n,
+        "rss_mib": usage.ru_maxrss / 1024,
+    }
+
+
+def latency(
+    dsn: str, redis_url: str, seconds: float, rate: int, start_consumer: Any
+) -> list[float]:
+    """Commit one event per transaction at `rate`/s; return commit → XREAD latencies (ms)."""
+    r = redis.Redis.from_url(redis_url)
+    r.delete("axiom:core:events")
+    committed: dict[int, float] = {}
+    read_at: dict[int, float] = {}
+    stop = threading.Event()
+
+    def reader() -> None:
+        c = redis.Redis.from_url(redis_url)
+        last = "0-0"
+        while not stop.is_set():
+            got: Any = c.xread({"axiom:core:events": last}, block=200, count=1000)
+            now = time.perf_counter()
+            for _, entries in got or []:
+                for eid, fields in entries:
+                    read_at[int(orjson.loads(fields[b"payload"])["seq"])] = now
+                    last = eid
+        c.close()
+
+    th = threading.Thread(target=reader)
+    th.start()
+    time.sleep(0.3)
+    handle = start_consumer()
+    time.sleep(1.0)
+    total = int(seconds * rate)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        t0 = time.perf_counter()
+        for seq in range(total):
+            target = t0 + seq / rate
+            delay = target - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            conn.execute(
+                "INSERT INTO event_outbox (tenant_id, aggregate_type, aggregate_id, event_type,"
+                " payload) VALUES ('t', 'case', 'c', 'CASE_CREATED', %s)",
+                (orjson.dumps({"case_id": "c", "status": "OPEN", "seq": seq}).decode(),),
+            )
+            committed[seq] = time.perf_counter()
+    deadline = time.perf_counter() + 30
+    while len(read_at) < total and time.perf_counter() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    th.join()
+    handle()
+    r.close()
+    if len(read_at) < total:
+        raise SystemExit(f"latency run lost events: {len(read_at)}/{total}")
+    return [(read_at[s] - committed[s]) * 1000 for s in range(total)]
+
+
+def pct(values: list[float], p: float) -> float:
+    return statistics.quantiles(values, n=1000)[int(p * 10) - 1] if len(values) > 1 else values[0]
+
+
+def start_relay(dsn: str, redis_url: str, slot: str, mark: bool) -> Any:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cdc", "run"],
+        env=relay_env(dsn, redis_url, slot, mark),
+        stderr=subprocess.DEVNULL,
+    )
+
+    def stop() -> None:
+        proc.terminate()
+        proc.wait(10)
+
+    return stop
+
+
+def start_poller(dsn: str, redis_url: str) -> Any:
+    stop = threading.Event()
+    th = threading.Thread(target=polling_reference.run, args=(dsn, redis_url, stop))
+    th.start()
+
+    def halt() -> None:
+        stop.set()
+        th.join()
+
+    return halt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--poll-events", type=int, default=20_000)
+    args = ap.parse_args()
+    n = args.events
+    out: dict[str, Any] = {"events": n}
+    with LocalPostgres() as pg, LocalRedis() as rd:
+        migrate.apply(pg.dsn, SQL_DIR)
+        base = Settings(database_url=pg.dsn)  # type: ignore[arg-type]
+        for slot in ("bench_raw", "bench_off", "bench_on"):
+            slots.create(base.model_copy(update={"slot": slot}))
+        t0 = time.perf_counter()
+        backlog(pg.dsn, n, "b")
+        print(f"backlog: {n} events committed in {time.perf_counter() - t0:.1f}s", flush=True)
+        out["raw_rate"] = raw_read(pg.dsn, "bench_raw", n)
+        print(f"bare slot read (no sink): {out['raw_rate']:,.0f} events/s", flush=True)
+        for mark, slot in ((False, "bench_off"), (True, "bench_on")):
+            res = relay_drain(pg.dsn, rd.url, slot, n, mark)
+            key = "on" if mark else "off"
+            out[f"drain_{key}"] = res
+            print(
+                f"relay drain, write-back {key}: {res['rate']:,.0f} events/s"
+                f" = {res['rate'] / out['raw_rate']:.2f} x bare read;"
+                f" CPU {res['cpu_us']:.1f} us/event; peak RSS {res['rss_mib']:.0f} MiB",
+                flush=True,
+            )
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            for slot in ("bench_raw", "bench_off", "bench_on"):
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            conn.execute("TRUNCATE event_outbox")
+        for mark in (False, True):
+            slot = f"lat_{'on' if mark else 'off'}"
+            slots.create(base.model_copy(update={"slot": slot}))
+            lat = latency(
+                pg.dsn,
+                rd.url,
+                args.seconds,
+                1000,
+                lambda m=mark, s=slot: start_relay(pg.dsn, rd.url, s, m),
+            )
+            with psycopg.connect(pg.dsn, autocommit=True) as conn:
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+                conn.execute("UPDATE event_outbox SET status = 'PUBLISHED'")
+            key = "on" if mark else "off"
+            out[f"lat_{key}"] = {
+                "p50": pct(lat, 50),
+                "p99": pct(lat, 99),
+                "max": max(lat),
+                "n": len(lat),
+            }
+            print(
+                f"relay latency @1000/s, write-back {key}: p50 {pct(lat, 50):.2f} ms,"
+                f" p99 {pct(lat, 99):.2f} ms, max {max(lat):.1f} ms ({len(lat)} events)",
+                flush=True,
+            )
+        # the seed's polling relay on the same machine
+        with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            conn.execute("TRUNCATE event_outbox")
+        rd_client = redis.Redis.from_url(rd.url)
+        rd_client.flushall()
+        backlog(pg.dsn, args.poll_events, "p")
+        stop = threading.Event()
+        t0 = time.perf_counter()
+        th = threading.Thread(target=polling_reference.run, args=(pg.dsn, rd.url, stop))
+        th.start()
+        while rd_client.xlen("axiom:core:events") < args.poll_events:
+            time.sleep(0.05)
+        poll_rate = args.poll_events / (time.perf_counter() - t0)
+        stop.set()
+        th.join()
+        rd_client.close()
+        out["poll_rate"] = poll_rate
+        print(f"polling reference drain: {poll_rate:,.0f} events/s", flush=True)
+        lat = latency(pg.dsn, rd.url, args.seconds, 1000, lambda: start_poller(pg.dsn, rd.url))
+        out["poll_lat"] = {"p50": pct(lat, 50), "p99": pct(lat, 99), "max": max(lat)}
+        print(
+            f"polling reference latency @1000/s: p50 {pct(lat, 50):.1f} ms,"
+            f" p99 {pct(lat, 99):.1f} ms",
+            flush=True,
+        )
+    print(orjson.dumps(out).decode())
+
+
+if __name__ == "__main__":
+    main()
