@@ -28,10 +28,17 @@ log = logging.getLogger(__name__)
 def backfill(settings: Settings, conn: db.Conn, pub: Publisher) -> int:
     """Publish the slot's queued pre-slot rows; return how many were published now."""
     row = conn.execute(
-        "SELECT consistent_lsn::text FROM public.cdc_slot"
-        " WHERE slot_name = %s AND backfilled_at IS NULL", (settings.slot,)
+        "SELECT consistent_lsn::text, backfilled_at IS NOT NULL FROM public.cdc_slot"
+        " WHERE slot_name = %s", (settings.slot,)
     ).fetchone()
     if row is None:
+        log.warning(
+            "slot %s was not created by `cdc slot create`: PENDING rows older than the slot"
+            " are not backfilled (fix: stop the relay, `cdc slot drop --yes`, `cdc slot create`)",
+            settings.slot,
+        )
+        return 0
+    if row[1]:
         return 0
     base = lsnlib.parse(row[0]) - 1
     schema, _, name = settings.outbox_table.partition(".")

@@ -12,6 +12,7 @@ import threading
 import time
 from datetime import datetime
 
+import psycopg
 from psycopg import sql
 
 from cdc import db, keys, slots
@@ -22,7 +23,7 @@ from cdc.checkpoint import Batch, Checkpoint
 from cdc.contracts import Registry
 from cdc.deadletter import DeadLetters
 from cdc.decode import Commit, Decoder, OutboxEvent
-from cdc.errors import Action, CdcError, EventError, SlotBusy, policy
+from cdc.errors import Action, CdcError, EventError, MigrationError, SlotBusy, SourceError, policy
 from cdc.metrics import Metrics
 from cdc.route import Router
 from cdc.settings import Settings
@@ -148,6 +149,8 @@ class Session:
         conn = db.connect(dsn, autocommit=True)
         stream: ReplicationStream | None = None
         try:
+            # One relay per slot, from backfill on: the lock lives as long as `conn`.
+            slots.lock(conn, self.s.slot)
             sink.connect()
             pub = Publisher(self.s, sink, conn, self.metrics)
             sink.ensure_groups(pub.prepare.router.streams(), self.s.group_names())
@@ -159,6 +162,10 @@ class Session:
             self.metrics.up.set(1)
             log.info("streaming slot %s from %s", self.s.slot, lsnlib.format(start))
             self._loop(stream, pub, Checkpoint(start))
+        except psycopg.errors.UndefinedTable as e:
+            raise MigrationError(f"{e}".strip(), hint="run `cdc migrate`") from None
+        except psycopg.Error as e:
+            raise SourceError(f"PostgreSQL: {e}".strip()) from None
         finally:
             self.metrics.up.set(0)
             if stream is not None:

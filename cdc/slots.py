@@ -11,7 +11,7 @@ from psycopg import sql
 
 from cdc import db
 from cdc import lsn as lsnlib
-from cdc.errors import ConfigError, SourceError
+from cdc.errors import ConfigError, MigrationError, SlotBusy, SourceError
 from cdc.settings import Settings
 from cdc.source import replication_connect
 
@@ -64,12 +64,25 @@ def status(conn: db.Conn, slot: str) -> SlotStatus | None:
     return SlotStatus(*row) if row else None
 
 
+def lock(conn: db.Conn, slot: str) -> None:
+    """Take the session lock that makes one relay the slot's owner, or raise SlotBusy."""
+    row = conn.execute(
+        "SELECT pg_try_advisory_lock(hashtext('axiom-cdc slot ' || %s))", (slot,)
+    ).fetchone()
+    if not row or not row[0]:
+        raise SlotBusy(f"another relay owns slot {slot}")
+
+
 def ensure(settings: Settings) -> bool:
     """Create the slot when absent; return True if it was created now."""
     dsn = settings.database_url.get_secret_value()
     with db.connect(dsn, autocommit=True) as conn:
         if status(conn, settings.slot) is not None:
             return False
+        for table in (settings.outbox_table, "public.cdc_slot"):
+            row = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
+            if not row or row[0] is None:
+                raise MigrationError(f"table {table} does not exist", hint="run `cdc migrate`")
     create(settings)
     return True
 

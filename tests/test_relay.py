@@ -280,3 +280,23 @@ def test_metrics_endpoint_exports_the_seed_metrics(
         assert name in got, name
     assert got["core_relay_commit_to_ack_seconds_count"] >= 1
     assert got["core_event_outbox_pending"] == 0
+
+
+def test_relay_on_an_unmigrated_database_stops_with_the_fix(pg_server: Any, redis_url: str) -> None:
+    with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS t_unmigrated WITH (FORCE)")
+        conn.execute("CREATE DATABASE t_unmigrated")
+    dsn = f"postgresql://postgres:hunter2@127.0.0.1:{pg_server.port}/t_unmigrated"
+    s = Settings(database_url=dsn, redis_url=redis_url, slot="unmigrated")  # type: ignore[arg-type]
+    try:
+        proc = cdc(s, "run", "--once")
+        assert proc.returncode == 1
+        assert "cdc migrate" in proc.stderr and "Traceback" not in proc.stderr
+        assert "hunter2" not in proc.stderr + proc.stdout  # the password is never logged
+    finally:
+        with psycopg.connect(pg_server.dsn, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                " WHERE slot_name = 'unmigrated'"
+            )
+            conn.execute("DROP DATABASE t_unmigrated WITH (FORCE)")
