@@ -28,3 +28,13 @@ def query_job(job_id: str) -> str:
 def consumer_seen(group: str) -> str:
     """Return the key of the event ids a consumer group has handled."""
     return CONSUMER_SEEN_PREFIX + group
+
+# Event ids the DLQ replay has put back on their streams (SADD-guarded XADD, lua/replay.lua).
+DLQ_REPLAYED = "axiom:cdc:dlq:replayed"
+# Event ids one `cdc replay` run has republished, so a rerun with the same id resumes.
+REPLAY_RUN_PREFIX = "axiom:cdc:replay:"
+
+
+def replay_run(replay_id: str) -> str:
+    """Return the key of the event ids one replay run has republished."""
+    return REPLAY_RUN_PREFIX + replay_id

@@ -18,7 +18,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     ssub.add_parser("create", help="create the slot (queues pre-slot PENDING rows for backfill)")
     drop = ssub.add_parser("drop", help="drop the slot")
     drop.add_argument("--yes", action="store_true", help="really drop it")
-    st = ssub.add_parser("status", help="show the slot's position and lag")
+    st = ssub.add_parser(
+        "status", help="show the slot's position and lag (exit 1 if missing or lost)"
+    )
     st.add_argument("--json", action="store_true")
     p.set_defaults(func=run)
 
@@ -53,4 +55,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     else:
         for k, v in st.as_dict().items():
             print(f"{k:22} {v}")
+    if st.wal_status == "lost":
+        print(
+            f"slot {settings.slot} is lost: PostgreSQL removed WAL it needed"
+            " (fix: cdc slot drop --yes; cdc slot create; see docs/runbook.md)", file=sys.stderr,
+        )
+        return 1
     return 0

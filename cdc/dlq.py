@@ -1,0 +1,249 @@
+"""Dead letters: list, show, replay onto their original streams, purge.
+
+A replay checks the event again (size, route, contract) with the relay's rules, then
+republishes it through lua/replay.lua under `keys.DLQ_REPLAYED`, so replaying the same
+dead letter twice, or after a crash half-way, puts it on its stream once. The row is
+marked (`replayed_at`, `replay_count`), the outbox row becomes PUBLISHED, and its entry
+leaves `axiom:dlq:events` in the same Redis step that republishes it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from typing import Any
+
+import orjson
+import redis
+from psycopg import sql
+
+from cdc import db, keys
+from cdc.contracts import Registry
+from cdc.errors import EventError
+from cdc.redisconn import redis_errors
+from cdc.republish import Republisher, Row
+from cdc.route import Router
+from cdc.settings import Settings
+
+DLQ_TAG = "dlq"
+_COLUMNS = (
+    "id, event_id::text, event_type, tenant_id, aggregate_type, aggregate_id, payload::text,"
+    " stream, error, retry_count, created_at, dead_lettered_at, replayed_at, replay_count,"
+    " created_at::text"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """One row of event_dead_letter."""
+
+    id: int
+    event_id: str
+    event_type: str
+    tenant_id: str
+    aggregate_type: str
+    aggregate_id: str
+    payload: str
+    stream: str | None
+    error: str
+    retry_count: int
+    created_at: datetime
+    dead_lettered_at: datetime
+    replayed_at: datetime | None
+    replay_count: int
+    created_text: str  # created_at as the relay's entries carry it
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the row as JSON-ready values (payload parsed)."""
+        d = asdict(self)
+        d["payload"] = orjson.loads(self.payload)
+        del d["created_text"]
+        for k in ("created_at", "dead_lettered_at", "replayed_at"):
+            d[k] = d[k].isoformat() if d[k] else None
+        return d
+
+    def row(self, dlq_entry: str = "") -> Row:
+        """Return the event as a row to republish."""
+        return Row(
+            self.event_id, self.event_type, self.aggregate_type, self.aggregate_id,
+            self.tenant_id, self.payload, self.created_text, dlq_entry,
+        )
+
+
+@dataclass(slots=True)
+class ReplayReport:
+    """What a DLQ replay did, per event id."""
+
+    replayed: list[str] = field(default_factory=list)  # put on their streams now
+    already: list[str] = field(default_factory=list)  # were already republished
+    invalid: dict[str, str] = field(default_factory=dict)  # still fail: id -> reason
+    missing: list[str] = field(default_factory=list)  # no such dead letter
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the report as a dict."""
+        return asdict(self)
+
+
+def _table(settings: Settings) -> sql.Identifier:
+    schema, _, _ = settings.outbox_table.partition(".")
+    return sql.Identifier(schema, "event_dead_letter")
+
+
+def list_dead(
+    conn: db.Conn, settings: Settings, *, replayed: bool = False, limit: int = 100
+) -> list[DeadLetter]:
+    """Return dead letters, oldest first; only those not yet replayed unless `replayed`."""
+    where = sql.SQL("" if replayed else " WHERE replayed_at IS NULL")
+    rows = conn.execute(
+        sql.SQL("SELECT {} FROM {}{} ORDER BY id LIMIT %s").format(
+            sql.SQL(_COLUMNS), _table(settings), where
+        ),
+        (limit,),
+    ).fetchall()
+    return [DeadLetter(*r) for r in rows]
+
+
+def get(conn: db.Conn, settings: Settings, ident: str) -> DeadLetter | None:
+    """Return the dead letter whose id (number) or event id (uuid) is `ident`."""
+    if ident.isdigit():
+        cond, value = sql.SQL("id = %s"), int(ident)
+    else:
+        try:
+            value = str(uuid.UUID(ident))  # type: ignore[assignment]
+        except ValueError:
+            return None
+        cond = sql.SQL("event_id = %s")
+    row = conn.execute(
+        sql.SQL("SELECT {} FROM {} WHERE {}").format(sql.SQL(_COLUMNS), _table(settings), cond),
+        (value,),
+    ).fetchone()
+    return DeadLetter(*row) if row else None
+
+
+def counts(conn: db.Conn, settings: Settings) -> tuple[int, int]:
+    """Return (dead letters not yet replayed, all dead letters)."""
+    row = conn.execute(
+        sql.SQL("SELECT count(*) FILTER (WHERE replayed_at IS NULL), count(*) FROM {}").format(
+            _table(settings)
+        )
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def dlq_entries(client: redis.Redis) -> dict[str, str]:
+    """Return event id -> entry id for every entry of the DLQ stream."""
+    found: dict[str, str] = {}
+    last = "-"
+    with redis_errors("XRANGE"):
+        while True:
+            chunk: list[Any] = client.xrange(keys.DLQ, min=last, count=1000)  # type: ignore[assignment]
+            if last != "-":
+                chunk = chunk[1:]
+            if not chunk:
+                return found
+            for entry_id, fields in chunk:
+                found.setdefault(str(fields.get("event_id", "")), str(entry_id))
+            last = str(chunk[-1][0])
+
+
+def _check(dead: DeadLetter, registry: Registry, max_bytes: int) -> None:
+    """Raise EventError when the relay would still refuse the event (size, contract)."""
+    if len(dead.payload.encode()) > max_bytes:
+        raise EventError(f"payload is over {max_bytes} bytes")
+    registry.validate(dead.event_type, orjson.loads(dead.payload))
+
+
+def replay(
+    conn: db.Conn, client: redis.Redis, settings: Settings, idents: list[str] | None,
+    *, validate: bool = True,
+) -> ReplayReport:
+    """Republish the given dead letters (None: every one not yet replayed); mark them."""
+    report = ReplayReport()
+    if idents is None:
+        targets = list_dead(conn, settings, limit=1_000_000)
+    else:
+        targets = []
+        for ident in idents:
+            dead = get(conn, settings, ident)
+            if dead is None:
+                report.missing.append(ident)
+            else:
+                targets.append(dead)
+    router = Router(settings.routes)
+    registry = Registry(unknown=settings.unknown_events)
+    entries = dlq_entries(client) if targets else {}
+    by_stream: dict[str, list[Row]] = {}
+    for dead in targets:
+        try:
+            stream = router.route(dead.event_type)
+            if validate:
+                _check(dead, registry, settings.max_event_bytes)
+        except EventError as e:
+            report.invalid[dead.event_id] = str(e)
+            continue
+        by_stream.setdefault(stream, []).append(dead.row(entries.get(dead.event_id, "")))
+    pub = Republisher(
+        client, set_key=keys.DLQ_REPLAYED, maxlen=settings.stream_maxlen, dlq_stream=keys.DLQ
+    )
+    for stream, rows in by_stream.items():
+        added = set(pub.publish(stream, rows, DLQ_TAG))
+        for r in rows:
+            (report.replayed if r.event_id in added else report.already).append(r.event_id)
+        _mark(conn, settings, stream, [r.event_id for r in rows], added)
+    return report
+
+
+def _mark(
+    conn: db.Conn, settings: Settings, stream: str, ids: list[str], added: set[str]
+) -> None:
+    """Record that `ids` are on `stream`: dead-letter row replayed, outbox row PUBLISHED."""
+    schema, _, name = settings.outbox_table.partition(".")
+    with conn.transaction():
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} SET stream = %s, replayed_at = coalesce(replayed_at, now()),"
+                " replay_count = replay_count"
+                " + CASE WHEN event_id = ANY(%s::uuid[]) OR replayed_at IS NULL THEN 1 ELSE 0 END"
+                " WHERE event_id = ANY(%s::uuid[])"
+            ).format(_table(settings)),
+            (stream, list(added), ids),
+        )
+        conn.execute(
+            sql.SQL(
+                "UPDATE {} SET status = 'PUBLISHED', published_at = now()"
+                " WHERE id = ANY(%s::uuid[]) AND status = 'DEAD_LETTER'"
+            ).format(sql.Identifier(schema, name)),
+            (ids,),
+        )
+
+
+def purge(
+    conn: db.Conn, client: redis.Redis, settings: Settings, *, replayed_only: bool = False
+) -> tuple[int, int]:
+    """Delete dead letters (all, or only replayed ones) and their DLQ entries.
+
+    Return (rows deleted, stream entries deleted).
+    """
+    where = sql.SQL(" WHERE replayed_at IS NOT NULL" if replayed_only else "")
+    with conn.transaction():
+        ids = [
+            str(r[0])
+            for r in conn.execute(
+                sql.SQL("DELETE FROM {}{} RETURNING event_id::text").format(
+                    _table(settings), where
+                )
+            )
+        ]
+        entries = dlq_entries(client)
+        doomed = list(entries.values()) if not replayed_only else [
+            entries[i] for i in ids if i in entries
+        ]
+        with redis_errors("XDEL"):
+            removed = 0
+            for i in range(0, len(doomed), 1000):
+                removed += int(client.xdel(keys.DLQ, *doomed[i : i + 1000]))
+            for i in range(0, len(ids), 1000):
+                client.srem(keys.DLQ_REPLAYED, *ids[i : i + 1000])
+    return len(ids), removed

@@ -1,0 +1,352 @@
+"""Preflight: every condition the relay needs, each finding with the exact fix.
+
+PostgreSQL: wal_level, the output plugin (installed and allowed), free replication slots
+and WAL senders, WAL retention for slots, the role's REPLICATION attribute and grants,
+migrations, the slot itself. Redis: reachable, AOF persistence, an eviction policy that
+cannot evict stream keys, consumer groups.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import psycopg
+import redis
+
+from cdc import db, migrate, redisconn
+from cdc.errors import CdcError
+from cdc.route import Router
+from cdc.settings import Settings, redact
+
+OK, WARN, FAIL = "ok", "warn", "FAIL"
+LAG_WARN_BYTES = 1 << 30
+GUCS = (
+    "wal_level", "max_replication_slots", "max_wal_senders", "max_slot_wal_keep_size",
+    "output_plugin_libraries", "server_version_num",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One check's result; `fix` says exactly what to change."""
+
+    check: str
+    level: str
+    message: str
+    fix: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """Return the finding as a dict."""
+        return asdict(self)
+
+
+def diagnose(settings: Settings) -> list[Finding]:
+    """Run every check against the configured PostgreSQL and Redis."""
+    return [*check_postgres(settings), *check_redis(settings)]
+
+
+def check_postgres(settings: Settings) -> list[Finding]:
+    """Run the PostgreSQL checks."""
+    dsn = settings.database_url.get_secret_value()
+    try:
+        conn = db.connect(dsn, autocommit=True)
+    except CdcError as e:
+        return [Finding("postgres", FAIL, str(e), e.hint)]
+    with conn:
+        rows = conn.execute(
+            "SELECT name, setting, context FROM pg_settings WHERE name = ANY(%s)", (list(GUCS),)
+        ).fetchall()
+        gucs = {r[0]: r[1] for r in rows}
+        context = {r[0]: r[2] for r in rows}
+        major = int(gucs["server_version_num"]) // 10000
+        out = [Finding("postgres", OK, f"connected to {redact(dsn)} (PostgreSQL {major})")]
+        out.append(_wal_level(gucs["wal_level"]))
+        if "output_plugin_libraries" in gucs:
+            out.append(_plugin_libs(gucs["output_plugin_libraries"], context))
+        slot = _slot_row(conn, settings.slot)
+        free = _free_slots(conn, gucs, slot is not None)
+        out += [free, _senders(conn, gucs, slot), _keep_size(gucs["max_slot_wal_keep_size"])]
+        user = str(conn.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
+        out += [_role(conn), *_grants(conn, settings, user), _migrations(dsn, settings, user)]
+        out.append(_slot(settings.slot, slot))
+        if gucs["wal_level"] == "logical" and free.level != FAIL:
+            out.append(_probe(conn, major))
+    return out
+
+
+def _wal_level(level: str) -> Finding:
+    if level == "logical":
+        return Finding("wal_level", OK, "wal_level is logical")
+    return Finding(
+        "wal_level", FAIL, f"wal_level is {level}; logical decoding needs logical",
+        "ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL",
+    )
+
+
+def _plugin_libs(value: str, context: dict[str, str]) -> Finding:
+    libs = [x.strip().strip('"') for x in value.split(",") if x.strip()]
+    if "wal2json" in libs:
+        return Finding("output_plugin_libraries", OK, "output_plugin_libraries allows wal2json")
+    new = ",".join([*libs, "wal2json"])
+    apply = (
+        "restart PostgreSQL" if context["output_plugin_libraries"] == "postmaster"
+        else "SELECT pg_reload_conf();"
+    )
+    return Finding(
+        "output_plugin_libraries", FAIL,
+        f"output_plugin_libraries is {value!r}: wal2json may not be used as an output plugin",
+        f"ALTER SYSTEM SET output_plugin_libraries = '{new}'; {apply}",
+    )
+
+
+def _slot_row(conn: db.Conn, slot: str) -> tuple[Any, ...] | None:
+    return conn.execute(
+        "SELECT plugin, active, active_pid, wal_status,"
+        " pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint"
+        " FROM pg_replication_slots WHERE slot_name = %s",
+        (slot,),
+    ).fetchone()
+
+
+def _free_slots(conn: db.Conn, gucs: dict[str, str], ours: bool) -> Finding:
+    limit = int(gucs["max_replication_slots"])
+    row = conn.execute("SELECT count(*) FROM pg_replication_slots").fetchone()
+    used = int(row[0]) if row else 0
+    if ours or used < limit:
+        return Finding("replication_slots", OK, f"{used} of {limit} replication slots in use")
+    return Finding(
+        "replication_slots", FAIL, f"all {limit} replication slots are in use",
+        "drop an unused slot (SELECT slot_name, active FROM pg_replication_slots;"
+        f" SELECT pg_drop_replication_slot('name');) or ALTER SYSTEM SET"
+        f" max_replication_slots = {limit + 2}; then restart PostgreSQL",
+    )
+
+
+def _senders(conn: db.Conn, gucs: dict[str, str], slot: tuple[Any, ...] | None) -> Finding:
+    limit = int(gucs["max_wal_senders"])
+    row = conn.execute("SELECT count(*) FROM pg_stat_replication").fetchone()
+    used = int(row[0]) if row else 0
+    running = slot is not None and bool(slot[1])
+    if used < limit or running:
+        return Finding("wal_senders", OK, f"{used} of {limit} WAL senders in use")
+    return Finding(
+        "wal_senders", FAIL, f"all {limit} WAL senders are in use",
+        f"ALTER SYSTEM SET max_wal_senders = {limit + 2}; then restart PostgreSQL",
+    )
+
+
+def _keep_size(value: str) -> Finding:
+    if value == "-1":
+        return Finding(
+            "max_slot_wal_keep_size", WARN,
+            "max_slot_wal_keep_size is unlimited: a stopped relay pins WAL until the disk fills",
+            "ALTER SYSTEM SET max_slot_wal_keep_size = '50GB'; SELECT pg_reload_conf();"
+            " (size it below the free space of pg_wal; past it the slot is lost and"
+            " must be re-created: see docs/runbook.md)",
+        )
+    return Finding("max_slot_wal_keep_size", OK, f"max_slot_wal_keep_size is {value} MB")
+
+
+def _role(conn: db.Conn) -> Finding:
+    row = conn.execute(
+        "SELECT rolname, rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user"
+    ).fetchone()
+    assert row is not None
+    name, superuser, replication = row
+    if superuser or replication:
+        what = "superuser" if superuser else "REPLICATION"
+        return Finding("role", OK, f"role {name} has {what}")
+    return Finding(
+        "role", FAIL, f"role {name} lacks REPLICATION (needed to create and stream the slot)",
+        f'ALTER ROLE "{name}" WITH REPLICATION;',
+    )
+
+
+def _grants(conn: db.Conn, settings: Settings, user: str) -> list[Finding]:
+    schema, _, _ = settings.outbox_table.partition(".")
+    wanted = {
+        settings.outbox_table: ("SELECT", "UPDATE"),
+        f"{schema}.event_dead_letter": ("SELECT", "INSERT", "UPDATE"),
+        "public.cdc_slot": ("SELECT", "INSERT", "UPDATE", "DELETE"),
+        "public.cdc_backfill": ("SELECT", "INSERT", "DELETE"),
+    }
+    out = []
+    for table, privs in wanted.items():
+        found = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
+        if not found or found[0] is None:
+            continue  # the migrations check reports missing tables
+        missing = [
+            p for p in privs
+            if not conn.execute(
+                "SELECT has_table_privilege(%s, %s)", (table, p)
+            ).fetchone()[0]  # type: ignore[index]
+        ]
+        if missing:
+            out.append(Finding(
+                "grants", FAIL, f"role {user} lacks {', '.join(missing)} on {table}",
+                f'GRANT {", ".join(missing)} ON {table} TO "{user}";',
+            ))
+    if not out:
+        out.append(Finding("grants", OK, f"role {user} has the table privileges the relay needs"))
+    return out
+
+
+def _migrations(dsn: str, settings: Settings, user: str) -> Finding:
+    try:
+        states = migrate.status(dsn, settings.migrations_dir)
+    except CdcError as e:
+        return Finding("migrations", FAIL, str(e), e.hint or "cdc migrate")
+    except psycopg.errors.InsufficientPrivilege as e:
+        return Finding(
+            "migrations", FAIL, f"cannot read the migration record: {e}",
+            f'GRANT SELECT ON public.cdc_schema_migrations TO "{user}";',
+        )
+    pending = [s.migration.path.name for s in states if s.applied_at is None]
+    if pending:
+        return Finding(
+            "migrations", FAIL, f"{len(pending)} migration(s) pending: {', '.join(pending)}",
+            "cdc migrate",
+        )
+    return Finding("migrations", OK, f"all {len(states)} migrations applied")
+
+
+def _slot(name: str, slot: tuple[Any, ...] | None) -> Finding:
+    if slot is None:
+        return Finding("slot", OK, f"slot {name} does not exist yet (`cdc run` creates it)")
+    plugin, active, pid, wal_status, lag = slot
+    if plugin != "wal2json":
+        return Finding(
+            "slot", FAIL, f"slot {name} uses plugin {plugin}, not wal2json",
+            "cdc slot drop --yes && cdc slot create",
+        )
+    if wal_status == "lost":
+        return Finding(
+            "slot", FAIL, f"slot {name} is lost: PostgreSQL removed WAL it still needed",
+            "cdc slot drop --yes && cdc slot create (PENDING rows are backfilled;"
+            " see docs/runbook.md, re-creating a lost slot)",
+        )
+    state = f"active (pid {pid})" if active else "inactive (no relay attached)"
+    msg = f"slot {name} is {state}, wal_status {wal_status}, {lag} bytes behind"
+    if wal_status == "unreserved" or (not active and (lag or 0) > LAG_WARN_BYTES):
+        return Finding("slot", WARN, msg, "start the relay: cdc run (see docs/runbook.md)")
+    return Finding("slot", OK, msg)
+
+
+def _probe(conn: db.Conn, major: int) -> Finding:
+    """Create and drop a temporary wal2json slot: proves the plugin loads for this role."""
+    name = f"cdc_doctor_{os.getpid()}"
+    try:
+        conn.execute("SET statement_timeout = '5s'")
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'wal2json', true)", (name,))
+        conn.execute("SELECT pg_drop_replication_slot(%s)", (name,))
+    except psycopg.errors.UndefinedFile as e:
+        return Finding(
+            "wal2json", FAIL, f"wal2json is not installed on the server: {e}",
+            f"apt-get install postgresql-{major}-wal2json (or build it from"
+            " github.com/eulerto/wal2json) on the PostgreSQL host",
+        )
+    except psycopg.errors.QueryCanceled:
+        return Finding(
+            "wal2json", WARN, "could not probe wal2json within 5 s: a long-running transaction"
+            " delays slot creation", "find it: SELECT pid, xact_start, query FROM"
+            " pg_stat_activity WHERE xact_start IS NOT NULL ORDER BY xact_start;",
+        )
+    except psycopg.Error as e:
+        hint = e.diag.message_hint or ""
+        return Finding("wal2json", FAIL, f"cannot create a wal2json slot: {e}".strip(), hint)
+    finally:
+        conn.execute("RESET statement_timeout")
+    return Finding("wal2json", OK, "wal2json loads: a temporary slot was created and dropped")
+
+
+def check_redis(settings: Settings) -> list[Finding]:
+    """Run the Redis checks."""
+    url = settings.redis_url.get_secret_value()
+    try:
+        client = redisconn.connect(url)
+    except CdcError as e:
+        return [Finding("redis", FAIL, str(e), e.hint)]
+    with client:
+        try:
+            version = str(client.info("server").get("redis_version", "?"))
+            out = [Finding("redis", OK, f"connected to {redisconn.redact_url(url)} ({version})")]
+            if int(version.split(".")[0]) < 7:
+                out.append(Finding(
+                    "redis_version", WARN, f"Redis {version}: consumer-group lag needs 7.0",
+                    "upgrade Redis to 7 or later",
+                ))
+            out += _redis_config(client)
+            out.append(_groups(client, settings))
+        except redis.RedisError as e:
+            out = [Finding("redis", FAIL, f"Redis check failed: {e}", "check CDC_REDIS_URL")]
+    return out
+
+
+def _redis_config(client: redis.Redis) -> list[Finding]:
+    try:
+        conf: dict[str, str] = client.config_get("*")  # type: ignore[assignment]
+    except redis.ResponseError as e:
+        return [Finding(
+            "redis_config", WARN, f"cannot read Redis settings (CONFIG GET refused: {e})",
+            "check by hand that appendonly is yes and maxmemory-policy is noeviction",
+        )]
+    out = []
+    if conf.get("appendonly") != "yes":
+        out.append(Finding(
+            "redis_aof", FAIL, "AOF is off: a Redis restart loses entries the slot already"
+            " confirmed", "CONFIG SET appendonly yes; CONFIG REWRITE (or appendonly yes in"
+            " redis.conf)",
+        ))
+    elif conf.get("appendfsync") != "always":
+        out.append(Finding(
+            "redis_aof", WARN, f"AOF is on with appendfsync {conf.get('appendfsync')}: a host"
+            " crash can lose the last second of entries the slot already confirmed",
+            "CONFIG SET appendfsync always; CONFIG REWRITE (costs write throughput)",
+        ))
+    else:
+        out.append(Finding("redis_aof", OK, "AOF is on with appendfsync always"))
+    policy = str(conf.get("maxmemory-policy", ""))
+    if policy.startswith("allkeys"):
+        out.append(Finding(
+            "redis_eviction", FAIL, f"maxmemory-policy {policy} can evict stream keys",
+            "CONFIG SET maxmemory-policy noeviction; CONFIG REWRITE",
+        ))
+    else:
+        limit = conf.get("maxmemory", "0")
+        out.append(Finding(
+            "redis_eviction", OK,
+            f"maxmemory-policy {policy} never evicts stream keys (maxmemory {limit})",
+        ))
+    return out
+
+
+def _groups(client: redis.Redis, settings: Settings) -> Finding:
+    want = set(settings.group_names())
+    missing = []
+    for stream in Router(settings.routes).streams():
+        have = set()
+        if client.exists(stream):
+            have = {str(g["name"]) for g in client.xinfo_groups(stream)}
+        missing += [f"{stream}/{g}" for g in sorted(want - have)]
+    if missing:
+        return Finding(
+            "consumer_groups", WARN, f"consumer groups missing: {', '.join(missing)}",
+            "cdc run creates them at start (XGROUP CREATE ... MKSTREAM)",
+        )
+    return Finding("consumer_groups", OK, "every routed stream has its consumer groups")
+
+
+def render(findings: list[Finding]) -> str:
+    """Return the findings as aligned text, each fix under its finding."""
+    lines = []
+    for f in findings:
+        lines.append(f"{f.level:5} {f.check:24} {f.message}")
+        if f.fix and f.level != OK:
+            lines.append(f"{'':30} fix: {f.fix}")
+    fails = sum(f.level == FAIL for f in findings)
+    warns = sum(f.level == WARN for f in findings)
+    verdict = "ready" if not fails else "not ready"
+    lines.append(f"doctor: {verdict}: {fails} problem(s), {warns} warning(s)")
+    return "\n".join(lines)

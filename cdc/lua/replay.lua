@@ -1,0 +1,38 @@
+-- Republish entries whose member is new to a set (DLQ replay, time-range replay): one atomic step.
+-- KEYS[1] stream, KEYS[2] set of members already republished,
+-- KEYS[3] (optional) stream to XDEL the entry's dead-letter copy from
+-- ARGV[1] MAXLEN (~), 0 for uncapped
+-- ARGV[2] JSON array of field names
+-- ARGV[3] JSON array of entries: [member, dead-letter entry id or "", value for each field...]
+-- ARGV[4] TTL in seconds for the set, 0 to keep it
+-- Returns the members added now (the others were already republished).
+local names = cjson.decode(ARGV[2])
+local entries = cjson.decode(ARGV[3])
+local n = #names
+local args = {}
+if tonumber(ARGV[1]) > 0 then
+  args = {'MAXLEN', '~', ARGV[1], '*'}
+else
+  args = {'*'}
+end
+local base = #args
+for j = 1, n do
+  args[base + 2 * j - 1] = names[j]
+end
+local added = {}
+for _, e in ipairs(entries) do
+  if redis.call('SADD', KEYS[2], e[1]) == 1 then
+    for j = 1, n do
+      args[base + 2 * j] = e[j + 2]
+    end
+    redis.call('XADD', KEYS[1], unpack(args))
+    added[#added + 1] = e[1]
+  end
+  if KEYS[3] and e[2] ~= '' then
+    redis.call('XDEL', KEYS[3], e[2])
+  end
+end
+if tonumber(ARGV[4]) > 0 then
+  redis.call('EXPIRE', KEYS[2], ARGV[4])
+end
+return added
