@@ -1,0 +1,327 @@
+"""A consumer-group worker: read, handle, acknowledge; reclaim what dead consumers left behind.
+
+    XREADGROUP ... BLOCK     new entries for this consumer
+    handler(entry)           your code; an exception leaves the entry pending
+    XACK (+ ZADD seen)       one MULTI per batch, after the handlers succeeded
+    XAUTOCLAIM               entries pending longer than `claim_idle_ms` (a dead or slow
+                             consumer, or a failed handler) are taken over and handled again
+    XADD dlq + XACK          an entry delivered more than `max_deliveries` times is moved to
+                             axiom:dlq:events with the reason, in one MULTI
+
+Delivery is at least once: a crash after the handler and before the XACK hands the entry
+to another consumer. `dedup=True` skips entries whose `event_id` this group already handled
+(a sorted set per group, pruned after `dedup_ttl_s`), which also absorbs republished events.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, fields
+from typing import Any
+
+import orjson
+import redis
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from cdc import keys
+from cdc.backoff import Backoff
+from cdc.errors import SinkError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stream entry as a handler sees it."""
+
+    stream: str
+    id: str
+    fields: dict[str, str]
+    deliveries: int = 1
+
+    @property
+    def event_id(self) -> str:
+        """Return the outbox event id ('' when the entry has none)."""
+        return self.fields.get("event_id", "")
+
+    @property
+    def event_type(self) -> str:
+        """Return the event type ('' when the entry has none)."""
+        return self.fields.get("event_type", "")
+
+    def payload(self) -> Any:
+        """Return the payload parsed from its JSON text (None when absent)."""
+        text = self.fields.get("payload")
+        return None if text is None else orjson.loads(text)
+
+
+Handler = Callable[[Entry], None]
+
+
+@dataclass(slots=True)
+class ConsumerStats:
+    """Plain counters; `consumer_registry` exports them."""
+
+    delivered: int = 0  # entries received (read or claimed)
+    handled: int = 0  # handler returned
+    acked: int = 0  # XACKed (handled, duplicates and dead letters)
+    failed: int = 0  # handler raised
+    claimed: int = 0  # taken over with XAUTOCLAIM
+    dead_lettered: int = 0  # moved to the DLQ after too many deliveries
+    duplicates: int = 0  # skipped: event_id already handled by the group
+    redis_errors: int = 0  # Redis unreachable; retried with backoff
+
+
+def default_name() -> str:
+    """Return a consumer name unique to this process: host-pid."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _sink_error(e: Exception, what: str) -> SinkError:
+    return SinkError(f"Redis {what} failed: {e}", hint="check CDC_REDIS_URL and that Redis is up")
+
+
+class Consumer:
+    """Read `streams` as `consumer` of `group` and hand each entry to `handler`."""
+
+    def __init__(
+        self,
+        *,
+        redis_url: str,
+        group: str,
+        streams: Sequence[str],
+        handler: Handler,
+        consumer: str | None = None,
+        count: int = 100,
+        block_ms: int = 1000,
+        claim_idle_ms: int = 30_000,
+        max_deliveries: int = 5,
+        dedup: bool = False,
+        dedup_ttl_s: float = 86_400.0,
+        start_id: str = "$",
+        stop: threading.Event | None = None,
+    ) -> None:
+        if not streams:
+            raise ValueError("at least one stream is needed")
+        self.group = group
+        self.streams = list(streams)
+        self.handler = handler
+        self.name = consumer or default_name()
+        self.count = count
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.max_deliveries = max_deliveries
+        self.dedup = dedup
+        self.dedup_ttl_s = dedup_ttl_s
+        self.start_id = start_id
+        self.stop = stop or threading.Event()
+        self.stats = ConsumerStats()
+        self._seen_key = keys.consumer_seen(group)
+        self._errors: dict[str, str] = {}  # entry id -> last handler error (this process)
+        self._next_claim = 0.0
+        self._cursor = dict.fromkeys(self.streams, "0-0")
+        self._r: redis.Redis = redis.Redis.from_url(
+            redis_url, decode_responses=True,
+            socket_timeout=block_ms / 1000 + 10, socket_connect_timeout=5,
+        )
+
+    def ensure_groups(self) -> None:
+        """Create the group on every stream (MKSTREAM) unless it exists."""
+        for stream in self.streams:
+            try:
+                self._r.xgroup_create(stream, self.group, id=self.start_id, mkstream=True)
+            except redis.ResponseError as e:
+                if "BUSYGROUP" not in str(e):
+                    raise _sink_error(e, "XGROUP CREATE") from None
+            except (redis.RedisError, OSError) as e:
+                raise _sink_error(e, "XGROUP CREATE") from None
+
+    def run(self, *, limit: int | None = None, timeout: float | None = None) -> ConsumerStats:
+        """Consume until stopped, `limit` entries acked, or `timeout` seconds; return the stats."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        backoff = Backoff(base=0.1, cap=2.0)
+        ready = False
+        while not self.stop.is_set():
+            if limit is not None and self.stats.acked >= limit:
+                break
+            block = self.block_ms
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                block = max(1, min(block, int(left * 1000)))
+            try:
+                if not ready:
+                    self.ensure_groups()
+                    ready = True
+                self.step(block_ms=block)
+                backoff.reset()
+            except SinkError as e:
+                self.stats.redis_errors += 1
+                log.warning("%s; retrying", e.one_line())
+                if backoff.wait(self.stop):
+                    break
+        return self.stats
+
+    def step(self, *, block_ms: int | None = None) -> int:
+        """Reclaim stale entries when due, else read new ones; handle them; return how many."""
+        try:
+            n = 0
+            if time.monotonic() >= self._next_claim:
+                n = self._claim()
+            if n == 0:
+                n = self._read(self.block_ms if block_ms is None else block_ms)
+            return n
+        except redis.ResponseError as e:
+            if "NOGROUP" in str(e):  # stream deleted or Redis lost its data: start again
+                log.warning("group %s vanished (%s); re-creating it", self.group, e)
+                self.ensure_groups()
+                return 0
+            raise _sink_error(e, "XREADGROUP") from None
+        except (redis.RedisError, OSError) as e:
+            raise _sink_error(e, "XREADGROUP") from None
+
+    def _read(self, block_ms: int) -> int:
+        reply: Any = self._r.xreadgroup(
+            self.group, self.name, dict.fromkeys(self.streams, ">"),
+            count=self.count, block=block_ms,
+        )
+        n = 0
+        for stream, entries in reply or []:
+            n += self._handle([Entry(stream, eid, f or {}) for eid, f in entries])
+        return n
+
+    def _claim(self) -> int:
+        """Take over entries idle for `claim_idle_ms`; handle or dead-letter them."""
+        n = 0
+        done = True
+        for stream in self.streams:
+            claimed: Any = self._r.xautoclaim(
+                stream, self.group, self.name, self.claim_idle_ms,
+                start_id=self._cursor[stream], count=self.count,
+            )
+            nxt, entries, *rest = claimed
+            self._cursor[stream] = nxt
+            if nxt != "0-0":
+                done = False
+            if rest and rest[0]:
+                log.info("%d pending entries of %s were trimmed away", len(rest[0]), stream)
+            live = [(eid, f) for eid, f in entries if f is not None]
+            if not live:
+                continue
+            self.stats.claimed += len(live)
+            counts = self._deliveries(stream, live[0][0], live[-1][0], len(live))
+            n += self._handle([Entry(stream, eid, f, counts.get(eid, 2)) for eid, f in live])
+        if done:
+            self._next_claim = time.monotonic() + max(self.claim_idle_ms / 2000, 0.05)
+            if self.dedup:
+                self._r.zremrangebyscore(self._seen_key, "-inf", time.time() - self.dedup_ttl_s)
+        return n
+
+    def _deliveries(self, stream: str, first: str, last: str, n: int) -> dict[str, int]:
+        rows: Any = self._r.xpending_range(stream, self.group, first, last, n * 2, self.name)
+        return {str(r["message_id"]): int(r["times_delivered"]) for r in rows}
+
+    def _handle(self, batch: list[Entry]) -> int:
+        """Handle a batch in order, then acknowledge what succeeded in one MULTI."""
+        self.stats.delivered += len(batch)
+        seen = self._already_seen(batch)
+        acks: list[str] = []
+        handled_ids: list[str] = []
+        for entry in batch:
+            if self.stop.is_set():
+                break  # the rest stays pending; XAUTOCLAIM hands it on
+            if entry.deliveries > self.max_deliveries:
+                self._dead_letter(entry)
+                continue
+            eid = entry.event_id
+            if self.dedup and eid and eid in seen:
+                self.stats.duplicates += 1
+                acks.append(entry.id)
+                continue
+            try:
+                self.handler(entry)
+            except Exception as e:
+                self.stats.failed += 1
+                self._errors[entry.id] = f"{type(e).__name__}: {e}"[:500]
+                log.warning("handler failed on %s %s (delivery %d): %s",
+                            entry.stream, entry.id, entry.deliveries, e)
+                continue
+            self.stats.handled += 1
+            self._errors.pop(entry.id, None)
+            acks.append(entry.id)
+            if eid:
+                seen.add(eid)
+                handled_ids.append(eid)
+        if acks:
+            self._ack(batch[0].stream, acks, handled_ids)
+        return len(batch)
+
+    def _already_seen(self, batch: list[Entry]) -> set[str]:
+        if not self.dedup:
+            return set()
+        ids = [e.event_id for e in batch if e.event_id]
+        if not ids:
+            return set()
+        scores: Any = self._r.zmscore(self._seen_key, ids)
+        return {eid for eid, score in zip(ids, scores, strict=True) if score is not None}
+
+    def _ack(self, stream: str, ids: list[str], handled: list[str]) -> None:
+        pipe = self._r.pipeline(transaction=True)
+        if self.dedup and handled:
+            now = time.time()
+            pipe.zadd(self._seen_key, dict.fromkeys(handled, now))
+        pipe.xack(stream, self.group, *ids)
+        pipe.execute()
+        self.stats.acked += len(ids)
+
+    def _dead_letter(self, entry: Entry) -> None:
+        last = self._errors.pop(entry.id, "")
+        reason = (
+            f"delivered {entry.deliveries} times to group {self.group}, over the limit of"
+            f" {self.max_deliveries}" + (f"; last error: {last}" if last else "")
+        )
+        body = {
+            **entry.fields, "error": reason, "original_stream": entry.stream,
+            "consumer_group": self.group, "entry_id": entry.id,
+            "deliveries": str(entry.deliveries),
+        }
+        pipe = self._r.pipeline(transaction=True)
+        pipe.xadd(keys.DLQ, body)  # type: ignore[arg-type]
+        pipe.xack(entry.stream, self.group, entry.id)
+        pipe.execute()
+        self.stats.dead_lettered += 1
+        self.stats.acked += 1
+        log.warning("entry %s of %s dead-lettered: %s", entry.id, entry.stream, reason)
+
+    def close(self) -> None:
+        """Close the Redis connection."""
+        self._r.close()
+
+
+class _StatsCollector(Collector):
+    def __init__(self, consumers: list[Consumer]) -> None:
+        self.consumers = consumers
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        for f in fields(ConsumerStats):
+            family = CounterMetricFamily(
+                f"core_consumer_{f.name}", f"Consumer entries: {f.name.replace('_', ' ')}",
+                labels=["group", "consumer"],
+            )
+            for c in self.consumers:
+                family.add_metric([c.group, c.name], getattr(c.stats, f.name))
+            yield family
+
+
+def consumer_registry(consumers: Iterable[Consumer]) -> CollectorRegistry:
+    """Return a registry exporting the counters of `consumers` (core_consumer_*_total)."""
+    registry = CollectorRegistry()
+    registry.register(_StatsCollector(list(consumers)))
+    return registry
