@@ -93,8 +93,11 @@ class RedisSink:
 
     def wait(self, other_fd: int, timeout: float) -> tuple[bool, bool]:
         """Wait until a reply or `other_fd` is readable; return (reply ready, other ready)."""
-        if self._conn.can_read(timeout=0):
-            return True, False
+        try:
+            if self._conn.can_read(timeout=0):
+                return True, False
+        except (redis.RedisError, OSError) as e:  # Redis went away while we waited
+            raise _translate(e, "XADD") from None
         sock = self._conn._sock  # redis-py keeps its socket here; we only select on it
         readable, _, _ = select.select([sock, other_fd], [], [], timeout)
         return sock in readable, other_fd in readable
