@@ -3,7 +3,7 @@
 The rows were queued in `cdc_backfill` under the slot's exported snapshot, so none of
 them is also in the stream. They are drained in created_at order by
 `SELECT ... FOR UPDATE SKIP LOCKED` batches, deduplicated in Redis under the keys
-(consistent point - 1, seq), which sort below every streamed event of that slot.
+(slot epoch, consistent point - 1, seq), which sort below every streamed event of that slot.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def backfill(settings: Settings, conn: db.Conn, pub: Publisher) -> int:
+def backfill(settings: Settings, conn: db.Conn, pub: Publisher, *, epoch: int) -> int:
     """Publish the slot's queued pre-slot rows; return how many were published now."""
     row = conn.execute(
         "SELECT consistent_lsn::text, backfilled_at IS NOT NULL FROM public.cdc_slot"
@@ -62,7 +62,7 @@ def backfill(settings: Settings, conn: db.Conn, pub: Publisher) -> int:
             if not rows:
                 break
             events = [
-                OutboxEvent(r[1], r[2], r[3], r[4], r[5], r[6], r[7], base, int(r[0]))
+                OutboxEvent(r[1], r[2], r[3], r[4], r[5], r[6], r[7], base, int(r[0]), epoch=epoch)
                 for r in rows
             ]
             batch = Batch(events, 0)

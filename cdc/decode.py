@@ -30,11 +30,16 @@ class OutboxEvent:
     commit_time: str = ""
     commit_lsn_text: str = ""
     idempotency_key: str = ""
+    epoch: int = 0
 
     @property
     def key(self) -> str:
-        """Return the dedup key: fixed-width hex so string order is (lsn, position) order."""
-        return f"{self.commit_lsn:016x}:{self.position:08x}"
+        """Return the dedup key: fixed-width hex, so string order is (epoch, lsn, position).
+
+        The epoch (the slot's creation time) keeps a re-created slot — after a failover
+        to a standby whose WAL is behind — from being mistaken for a replay.
+        """
+        return f"{self.epoch:014x}:{self.commit_lsn:016x}:{self.position:08x}"
 
 
 @dataclass(slots=True)
@@ -49,7 +54,8 @@ class Commit:
 class Decoder:
     """Turn the stream's JSON messages into events; remember the open transaction."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, epoch: int = 0) -> None:
+        self.epoch = epoch
         self.in_transaction = False
         self._commit_lsn = 0
         self._commit_text = ""
@@ -91,7 +97,7 @@ class Decoder:
             cols[i_id]["value"], cols[i_tenant]["value"], cols[i_agg_type]["value"],
             cols[i_agg_id]["value"], cols[i_type]["value"],
             payload if payload is not None else "null", cols[i_created]["value"],
-            self._commit_lsn, self._position, self._time, self._commit_text,
+            self._commit_lsn, self._position, self._time, self._commit_text, "", self.epoch,
         )
 
     def _learn(self, cols: list[dict[str, Any]]) -> tuple[int, ...]:

@@ -154,8 +154,9 @@ class Session:
             sink.connect()
             pub = Publisher(self.s, sink, conn, self.metrics)
             sink.ensure_groups(pub.prepare.router.streams(), self.s.group_names())
+            self.decoder.epoch = slots.epoch(conn, self.s.slot)
             if self.s.backfill and self.s.mark_published:
-                backfill(self.s, conn, pub)
+                backfill(self.s, conn, pub, epoch=self.decoder.epoch)
             start = slots.confirmed_lsn(conn, self.s.slot)
             self.target = slots.current_lsn(conn) if once else None
             stream = ReplicationStream(dsn, slot=self.s.slot, table=self.s.outbox_table)

@@ -96,10 +96,12 @@ class RedisSink:
         try:
             if self._conn.can_read(timeout=0):
                 return True, False
-        except (redis.RedisError, OSError) as e:  # Redis went away while we waited
+            sock = self._conn._sock  # redis-py keeps its socket here; we only select on it
+            if sock is None:
+                raise redis.ConnectionError("connection closed")
+            readable, _, _ = select.select([sock, other_fd], [], [], timeout)
+        except (redis.RedisError, OSError, ValueError) as e:  # Redis went away while we waited
             raise _translate(e, "XADD") from None
-        sock = self._conn._sock  # redis-py keeps its socket here; we only select on it
-        readable, _, _ = select.select([sock, other_fd], [], [], timeout)
         return sock in readable, other_fd in readable
 
     def read_replies(self, n: int) -> int:

@@ -64,6 +64,15 @@ def status(conn: db.Conn, slot: str) -> SlotStatus | None:
     return SlotStatus(*row) if row else None
 
 
+def epoch(conn: db.Conn, slot: str) -> int:
+    """Return the slot's creation time in µs (0 if `cdc slot create` did not make it)."""
+    row = conn.execute(
+        "SELECT (extract(epoch FROM created_at) * 1000000)::bigint FROM public.cdc_slot"
+        " WHERE slot_name = %s", (slot,)
+    ).fetchone()
+    return int(row[0]) if row else 0
+
+
 def lock(conn: db.Conn, slot: str) -> None:
     """Take the session lock that makes one relay the slot's owner, or raise SlotBusy."""
     row = conn.execute(

@@ -97,7 +97,10 @@ class ReplicationStream:
 
     def read(self) -> Message | None:
         """Return the next message if one is buffered, else None (never blocks)."""
-        n, buf = self._pg.get_copy_data(1)
+        try:
+            n, buf = self._pg.get_copy_data(1)
+        except psycopg.Error as e:
+            raise SourceError(f"replication stream broke: {e}") from None
         if n == 0:
             return None
         if n < 0:

@@ -300,3 +300,22 @@ def test_relay_on_an_unmigrated_database_stops_with_the_fix(pg_server: Any, redi
                 " WHERE slot_name = 'unmigrated'"
             )
             conn.execute("DROP DATABASE t_unmigrated WITH (FORCE)")
+
+
+def test_recreated_slot_behind_old_marks_is_not_mistaken_for_a_replay(
+    settings: Settings, pg_dsn: str, rds: redis.Redis
+) -> None:
+    """After a failover the new primary's WAL can be behind the marks Redis holds."""
+    assert cdc(settings, "slot", "create").returncode == 0
+    insert_cases(pg_dsn, 5)
+    assert cdc(settings, "run", "--once").returncode == 0
+    mark = rds.get("axiom:cdc:hwm:axiom:core:events")
+    assert mark is not None
+    epoch = mark.split(":")[0]
+    # marks of a primary that had gone far ahead of the WAL we will stream next
+    rds.set("axiom:cdc:hwm:axiom:core:events", f"{epoch}:{'f' * 16}:{'f' * 8}")
+    assert cdc(settings, "slot", "drop", "--yes").returncode == 0
+    assert cdc(settings, "slot", "create").returncode == 0
+    insert_cases(pg_dsn, 5, tag="after-failover")
+    assert cdc(settings, "run", "--once").returncode == 0
+    assert len(stream_events(rds)) == 10

@@ -6,6 +6,7 @@ import random
 import signal
 import threading
 import time
+from pathlib import Path
 
 import redis
 from pydantic import SecretStr
@@ -51,14 +52,15 @@ def test_kill9_during_50k_run_then_restart(
 
 
 def test_redis_stopped_5s_mid_run_loses_nothing_and_dead_letters_nothing(
-    settings: Settings, pg_dsn: str
+    settings: Settings, pg_dsn: str, tmp_path: Path
 ) -> None:
     n = 20_000
     with LocalRedis(appendonly=True) as server:
         s = settings.model_copy(update={"redis_url": SecretStr(server.url)})
         client = redis.Redis.from_url(server.url, decode_responses=True)
         assert cdc(s, "slot", "create").returncode == 0
-        with relay(s) as proc:
+        log = tmp_path / "relay.log"
+        with relay(s, str(log)) as proc:
             producer = threading.Thread(
                 target=insert_cases, args=(pg_dsn, n), kwargs={"per_tx": 100}
             )
@@ -71,7 +73,11 @@ def test_redis_stopped_5s_mid_run_loses_nothing_and_dead_letters_nothing(
             time.sleep(5)
             server.start()
             producer.join()
-            wait_for(lambda: client.xlen("axiom:core:events") >= n, timeout=60, what=f"{n} entries")
+            try:
+                wait_for(lambda: client.xlen("axiom:core:events") >= n, timeout=60, what="all")
+            except AssertionError:
+                print(log.read_text()[-3000:])
+                raise
             time.sleep(0.5)
             assert proc.poll() is None, "relay must ride out a Redis outage"
         events = stream_events(client)

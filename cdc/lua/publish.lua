@@ -3,8 +3,8 @@
 -- ARGV[1] MAXLEN (~), 0 for uncapped
 -- ARGV[2] JSON array of field names
 -- ARGV[3] JSON array of entries: [dedup key, value for each field...]; the dedup key is
---         "%016x:%08x" of (commit LSN, position in the transaction), so string order is
---         commit order.
+--         "%014x:%016x:%08x" of (slot epoch, commit LSN, position in the transaction), so
+--         string order is commit order.
 -- Returns the number of entries added (the others were already published).
 local hwm = redis.call('GET', KEYS[2]) or ''
 local names = cjson.decode(ARGV[2])
