@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from collections.abc import Iterator
-from typing import Any, Protocol
+from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -23,25 +25,29 @@ TEMPLATE_DB = "cdc_template"
 _counter = itertools.count(1)
 
 
-class PgServer(Protocol):
-    """What tests need of a PostgreSQL server."""
-
-    port: int
-
-    @property
-    def dsn(self) -> str: ...
-    def restart(self, mode: str = "fast") -> None: ...
+DOCKER_DIR = Path(__file__).resolve().parent.parent / "docker"
 
 
 class DockerPostgres:
-    """PostgreSQL in a container (wal2json baked into docker/postgres)."""
+    """PostgreSQL in a container built from docker/postgres.Dockerfile (wal2json, logical)."""
 
     def __init__(self) -> None:
-        from testcontainers.core.container import DockerContainer  # type: ignore[import-untyped]
+        from testcontainers.core.container import DockerContainer
+        from testcontainers.core.image import DockerImage
 
-        self.c = DockerContainer("axiom-cdc-postgres:15").with_exposed_ports(5432)
+        image = DockerImage(
+            path=str(DOCKER_DIR), dockerfile_path="postgres.Dockerfile",
+            tag="axiom-cdc-postgres:15",
+        )
+        image.build()
+        self.c = (
+            DockerContainer(str(image))
+            .with_env("POSTGRES_HOST_AUTH_METHOD", "trust")
+            .with_exposed_ports(5432)
+        )
         self.c.start()
         self.port = int(self.c.get_exposed_port(5432))
+        _wait_pg(self.dsn)
 
     @property
     def dsn(self) -> str:
@@ -49,9 +55,45 @@ class DockerPostgres:
 
     def restart(self, mode: str = "fast") -> None:
         self.c.get_wrapped_container().restart()
+        self.port = int(self.c.get_exposed_port(5432))
+        _wait_pg(self.dsn)
 
     def destroy(self) -> None:
         self.c.stop()
+
+
+class DockerRedis:
+    """redis-server in a container (the official image)."""
+
+    def __init__(self) -> None:
+        from testcontainers.core.container import DockerContainer
+
+        self.c = DockerContainer("redis:7").with_exposed_ports(6379)
+        self.c.start()
+        self.port = int(self.c.get_exposed_port(6379))
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def restart(self) -> None:
+        self.c.get_wrapped_container().restart()
+        self.port = int(self.c.get_exposed_port(6379))
+
+    def destroy(self) -> None:
+        self.c.stop()
+
+
+def _wait_pg(dsn: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            psycopg.connect(dsn, connect_timeout=2).close()
+            return
+        except psycopg.OperationalError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _backend() -> str:
@@ -76,10 +118,13 @@ def pg_server() -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
-def redis_server() -> Iterator[LocalRedis]:
+def redis_server() -> Iterator[Any]:
     """Start one throwaway redis-server (no persistence) for the session."""
-    server = LocalRedis()
-    server.start()
+    if _backend() == "docker":
+        server: Any = DockerRedis()
+    else:
+        server = LocalRedis()
+        server.start()
     assert server.port not in (5432, 6379)
     yield server
     server.destroy()
@@ -109,7 +154,7 @@ def pg_dsn(pg_server: Any) -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_url(redis_server: LocalRedis) -> Iterator[str]:
+def redis_url(redis_server: Any) -> Iterator[str]:
     """Give a test an empty Redis."""
     client = redis.Redis.from_url(redis_server.url)
     client.flushall()
