@@ -38,6 +38,14 @@ class Metrics:
             buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
             registry=r,
         )
+        self.group_lag = Gauge(
+            "core_consumer_group_lag", "Entries a consumer group has not yet been delivered",
+            ["stream", "group"], registry=r,
+        )
+        self.group_pending = Gauge(
+            "core_consumer_group_pending", "Entries delivered to a group but not acknowledged",
+            ["stream", "group"], registry=r,
+        )
         self.up = Gauge("core_relay_streaming", "1 while the relay holds the slot", registry=r)
 
     def serve(self, port: int) -> None:

@@ -12,6 +12,7 @@ from psycopg import sql
 
 from cdc import keys
 from cdc.metrics import Metrics
+from cdc.route import Router
 from cdc.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -28,6 +29,7 @@ class Sampler(threading.Thread):
         self._m = metrics
         self._stop_event = stop
         self._interval = interval
+        self._streams = Router(settings.routes).streams()
         schema, _, name = settings.outbox_table.partition(".")
         self._pending = sql.SQL("SELECT count(*) FROM {} WHERE status = 'PENDING'").format(
             sql.Identifier(schema, name)
@@ -47,6 +49,15 @@ class Sampler(threading.Thread):
             redis.Redis.from_url(self._s.redis_url.get_secret_value(), socket_timeout=2)
         ) as r:
             self._m.dlq_depth.set(int(r.xlen(keys.DLQ)))
+            for stream in self._streams:
+                if not r.exists(stream):
+                    continue
+                for g in r.xinfo_groups(stream):
+                    name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+                    lag = g.get("lag")
+                    self._m.group_pending.labels(stream, name).set(int(g["pending"]))
+                    if lag is not None:  # Redis >= 7 reports it; None when it cannot tell
+                        self._m.group_lag.labels(stream, name).set(int(lag))
         with psycopg.connect(
             self._s.database_url.get_secret_value(), autocommit=True, connect_timeout=2
         ) as conn:

@@ -267,7 +267,12 @@ def test_metrics_endpoint_exports_the_seed_metrics(
                 if line and not line.startswith("#")
             }
 
-        wait_for(lambda: scrape().get("core_event_outbox_published_total") == 30, what="count")
+        lag_key = 'core_consumer_group_lag{stream="axiom:core:events",group="synapse_group"}'
+        wait_for(
+            lambda: scrape().get("core_event_outbox_published_total") == 30
+            and scrape().get(lag_key) == 30,
+            what="published count and group lag",
+        )
         got = scrape()
     for name in (
         "core_event_outbox_failed_total",
@@ -279,6 +284,8 @@ def test_metrics_endpoint_exports_the_seed_metrics(
     ):
         assert name in got, name
     assert got["core_relay_commit_to_ack_seconds_count"] >= 1
+    lag = 'core_consumer_group_lag{stream="axiom:core:events",group="synapse_group"}'
+    assert got[lag] == 30  # nobody consumed yet
     assert got["core_event_outbox_pending"] == 0
 
 
