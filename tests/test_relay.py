@@ -267,7 +267,7 @@ def test_metrics_endpoint_exports_the_seed_metrics(
                 if line and not line.startswith("#")
             }
 
-        lag_key = 'core_consumer_group_lag{stream="axiom:core:events",group="synapse_group"}'
+        lag_key = 'core_consumer_group_lag{group="synapse_group",stream="axiom:core:events"}'
         wait_for(
             lambda: scrape().get("core_event_outbox_published_total") == 30
             and scrape().get(lag_key) == 30,
@@ -284,7 +284,7 @@ def test_metrics_endpoint_exports_the_seed_metrics(
     ):
         assert name in got, name
     assert got["core_relay_commit_to_ack_seconds_count"] >= 1
-    lag = 'core_consumer_group_lag{stream="axiom:core:events",group="synapse_group"}'
+    lag = 'core_consumer_group_lag{group="synapse_group",stream="axiom:core:events"}'
     assert got[lag] == 30  # nobody consumed yet
     assert got["core_event_outbox_pending"] == 0
 
