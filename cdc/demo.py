@@ -2,7 +2,8 @@
 
 Start PostgreSQL (wal_level=logical, wal2json) and Redis on free ports, migrate, run the
 relay, write sample events from concurrent transactions, show both consumer groups
-receiving them and the relay's metrics, then clean everything up.
+receiving them (through the example consumers of cdc/examples.py) and the relay's
+metrics, then clean everything up.
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ import psycopg
 import redis
 
 from cdc import keys, migrate
+from cdc.examples import run_example
 from cdc.localservers import LocalPostgres, LocalRedis, free_port
 from cdc.settings import SQL_DIR
 
 WRITERS = 4
 EVENTS_PER_WRITER = 100
 GROUPS = ("synapse_group", "watch_cep_group")
+EXAMPLE_STREAMS = (("synapse_group", keys.CORE_EVENTS), ("watch_cep_group", keys.WATCHES))
 TYPES: list[tuple[str, str, Callable[[int], dict[str, str]]]] = [
     ("CASE_CREATED", "case", lambda i: {"case_id": f"case-{i}", "status": "OPEN"}),
     ("CASE_STATUS_CHANGED", "case",
@@ -97,12 +100,23 @@ def _exercise(dsn: str, redis_url: str, metrics_port: int, relay: subprocess.Pop
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     streams = [keys.CORE_EVENTS, keys.WATCHES, keys.WORKERS]
     deadline = time.monotonic() + 30
-    while not all(client.exists(s) for s in streams):
-        if time.monotonic() > deadline or relay.poll() is not None:
-            print("relay did not start", file=sys.stderr)
-            return 1
-        time.sleep(0.1)
+    if not _wait_started(client, streams, relay, deadline):
+        print("relay did not start", file=sys.stderr)
+        return 1
     total = WRITERS * EVENTS_PER_WRITER
+    stop = threading.Event()
+    lines: dict[str, list[str]] = {g: [] for g in GROUPS}
+    handled: dict[str, Any] = {}
+
+    def consume(group: str, stream: str) -> None:
+        handled[group] = run_example(
+            group, stream, redis_url=redis_url, stop=stop,
+            on_entry=lambda _e, line: lines[group].append(line),
+        )
+
+    examples = [threading.Thread(target=consume, args=(g, s)) for g, s in EXAMPLE_STREAMS]
+    for t in examples:
+        t.start()
     t0 = time.monotonic()
     writers = [threading.Thread(target=write_events, args=(dsn, w)) for w in range(WRITERS)]
     for t in writers:
@@ -115,11 +129,38 @@ def _exercise(dsn: str, redis_url: str, metrics_port: int, relay: subprocess.Pop
     print(f"published in {time.monotonic() - t0:.2f}s after the first write:")
     for s in streams:
         print(f"  {s:20} {client.xlen(s):5} entries")
+    want = {g: client.xlen(s) for g, s in EXAMPLE_STREAMS}
+    while any(len(lines[g]) < want[g] for g in GROUPS) and time.monotonic() < deadline + 60:
+        time.sleep(0.05)
+    stop.set()
+    for t in examples:
+        t.join()
     ok = True
-    for group in GROUPS:
-        seen = read_group(client, group, streams)
+    for group, stream in EXAMPLE_STREAMS:
+        print(f"example consumer {group} on {stream}: handled {len(lines[group])}, e.g.")
+        for line in lines[group][:3] + [x for x in lines[group] if "BURST" in x][:2]:
+            print(f"    {line}")
+        others = [s for s in streams if s != stream]
+        seen = len(lines[group]) + read_group(client, group, others)
         print(f"consumer group {group:16} received {seen} entries")
         ok = ok and seen == total
+    _print_metrics(metrics_port)
+    client.close()
+    print("demo OK" if ok else "demo FAILED: a group missed entries")
+    return 0 if ok else 1
+
+
+def _wait_started(
+    client: redis.Redis, streams: list[str], relay: subprocess.Popen[bytes], deadline: float
+) -> bool:
+    while not all(client.exists(s) for s in streams):
+        if time.monotonic() > deadline or relay.poll() is not None:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def _print_metrics(metrics_port: int) -> None:
     time.sleep(1.2)  # let the sampler refresh the query-based gauges
     body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read()
     print("relay metrics:")
@@ -128,9 +169,6 @@ def _exercise(dsn: str, redis_url: str, metrics_port: int, relay: subprocess.Pop
                             "core_dlq_depth", "core_relay_commit_to_ack_seconds_count",
                             "core_relay_slot_lag_bytes", "core_event_outbox_pending")):
             print(f"  {line}")
-    client.close()
-    print("demo OK" if ok else "demo FAILED: a group missed entries")
-    return 0 if ok else 1
 
 
 if __name__ == "__main__":
