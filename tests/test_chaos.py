@@ -59,7 +59,7 @@ def test_relay_sigkilled_5_times_during_100k_events(
 ) -> None:
     t0 = time.monotonic()
     assert cdc(settings, "slot", "create").returncode == 0
-    producer = Producer(pg_dsn, 100_000, per_tx=500, pause=0.03)
+    producer = Producer(pg_dsn, 100_000, per_tx=500, pause=0.02)
     thread = producer.start()
     rng = random.Random(20261126)
     kills, at_kill = 0, []
@@ -112,8 +112,9 @@ def test_postgres_restarted_mid_run(
     assert cdc(settings, "slot", "create").returncode == 0
     producer = Producer(pg_dsn, 20_000, per_tx=200, pause=0.03)
     with relay(settings, str(tmp_path / "relay.log")) as proc:
+        wait_for(lambda: slot_active(pg_dsn, settings.slot), what="the relay to hold the slot")
         thread = producer.start()
-        wait_for(lambda: total(rds) > 0 and producer.done >= 6000, what="a run in progress")
+        wait_for(lambda: producer.done >= 6000, what="a run in progress")
         produced = producer.done
         pg_server.restart("immediate")  # a crash: the slot resumes from its last saved position
         thread.join(120)
