@@ -183,3 +183,34 @@ def test_example_consumers_for_both_groups(redis_url: str, rds: redis.Redis) -> 
     assert (a.acked, b.acked) == (4, 6)
     assert cep.bursts == ["w1"] and any("BURST" in x for x in lines)
     assert miner.traces[("t1", "c0")] == ["CASE_CREATED"] and len(miner.traces) == 6
+
+
+def test_consumer_rides_out_a_redis_restart() -> None:
+    from cdc.localservers import LocalRedis
+
+    with LocalRedis(appendonly=True) as server:
+        rds = redis.Redis.from_url(server.url, decode_responses=True)
+        ids = fill(rds, 500)
+        seen: list[str] = []
+        stop = threading.Event()
+
+        def slow(e: Entry) -> None:
+            seen.append(e.event_id)
+            time.sleep(0.002)
+
+        c = Consumer(redis_url=server.url, group="g", streams=[STREAM], start_id="0",
+                     handler=slow, dedup=True, claim_idle_ms=300, block_ms=100, stop=stop)
+        t = threading.Thread(target=c.run)
+        t.start()
+        wait_for(lambda: len(seen) > 100, what="consumer under way")
+        server.kill()
+        time.sleep(1)
+        server.start()
+        ids += fill(rds, 500, start=500)
+        wait_for(lambda: c.stats.acked >= 1000 and pending(rds, "g") == 0, timeout=20,
+                 what="every entry acked after the restart")
+        stop.set()
+        t.join(5)
+        c.close()
+        rds.close()
+    assert set(seen) == set(ids) and c.stats.redis_errors > 0
