@@ -28,7 +28,9 @@ class Settings(BaseSettings):
     max_in_flight: int = Field(4, ge=1)
     max_retry: int = Field(3, ge=1)
     max_event_bytes: int = Field(1_048_576, ge=1)
-    stream_maxlen: int = Field(1_000_000, ge=0)  # 0 = no cap
+    # A last-resort memory cap (XADD MAXLEN ~): it discards oldest entries, acked or not, so it
+    # sits well above `cdc trim --cap` (1M), whose alarm fires first. 0 = no cap.
+    stream_maxlen: int = Field(10_000_000, ge=0)
     routes: str = DEFAULT_ROUTES
     consumer_groups: str = "synapse_group,watch_cep_group"
     unknown_events: str = Field("pass", pattern=r"^(pass|dead_letter)$")
