@@ -326,3 +326,12 @@ def test_recreated_slot_behind_old_marks_is_not_mistaken_for_a_replay(
     insert_cases(pg_dsn, 5, tag="after-failover")
     assert cdc(settings, "run", "--once").returncode == 0
     assert len(stream_events(rds)) == 10
+
+
+def test_streams_are_capped_when_configured(settings: Settings, rds: redis.Redis) -> None:
+    dsn = settings.database_url.get_secret_value()
+    assert cdc(settings, "slot", "create").returncode == 0
+    insert_cases(dsn, 2000)
+    assert cdc(settings, "run", "--once", CDC_STREAM_MAXLEN="100").returncode == 0
+    length = rds.xlen("axiom:core:events")
+    assert 100 <= length < 400, length  # MAXLEN ~ trims whole macro nodes
