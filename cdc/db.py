@@ -12,7 +12,13 @@ from cdc.settings import redact
 Conn: TypeAlias = psycopg.Connection[tuple[Any, ...]]
 
 
-def connect(dsn: str, *, autocommit: bool = False, **kwargs: Any) -> Conn:
+def connect(
+    dsn: str,
+    *,
+    autocommit: bool = False,
+    hint: str = "check CDC_DATABASE_URL and that PostgreSQL is running",
+    **kwargs: Any,
+) -> Conn:
     """Open a connection; a bad DSN or an unreachable server becomes a one-line error."""
     try:
         return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=10, **kwargs)
@@ -23,6 +29,5 @@ def connect(dsn: str, *, autocommit: bool = False, **kwargs: Any) -> Conn:
         ) from None
     except psycopg.OperationalError as e:
         raise SourceError(
-            f"CDC_DATABASE_URL: cannot connect to {redact(dsn)}: {e}",
-            hint="check CDC_DATABASE_URL and that PostgreSQL is running",
+            f"CDC_DATABASE_URL: cannot connect to {redact(dsn)}: {e}", hint=hint
         ) from None

@@ -15,9 +15,9 @@ from typing import Protocol
 import psycopg
 from psycopg import pq, sql
 
+from cdc import db
 from cdc import lsn as lsnlib
-from cdc.errors import ConfigError, SlotBusy, SourceError
-from cdc.settings import redact
+from cdc.errors import SlotBusy, SourceError
 
 PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
 _HDR_W = struct.Struct("!QQq")
@@ -60,17 +60,12 @@ def plugin_options(table: str) -> sql.Composed:
     )
 
 
-def replication_connect(dsn: str) -> psycopg.Connection[tuple[object, ...]]:
+def replication_connect(dsn: str) -> db.Conn:
     """Open a logical replication connection; errors become SourceError/ConfigError."""
-    try:
-        return psycopg.connect(dsn, replication="database", autocommit=True, connect_timeout=10)
-    except psycopg.ProgrammingError as e:
-        raise ConfigError(f"CDC_DATABASE_URL is not a valid PostgreSQL DSN: {e}") from None
-    except psycopg.OperationalError as e:
-        raise SourceError(
-            f"cannot open a replication connection to {redact(dsn)}: {e}",
-            hint="the relay's role needs REPLICATION and pg_hba.conf must allow it",
-        ) from None
+    return db.connect(
+        dsn, autocommit=True, replication="database",
+        hint="the relay's role needs REPLICATION and pg_hba.conf must allow replication",
+    )
 
 
 class ReplicationStream:
