@@ -14,7 +14,9 @@ test: bootstrap
 	$(VENV)/pytest -q
 
 bench: bootstrap
-	$(VENV)/python -m bench.run_all
+	$(VENV)/python -m bench.bench_relay
+	$(VENV)/python -m bench.bench_case_stats
+	$(VENV)/python -m bench.bench_consumer
 
 clean:
 	rm -rf .venv .pytest_cache .mypy_cache .ruff_cache
