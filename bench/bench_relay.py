@@ -16,8 +16,10 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -102,51 +104,48 @@ def relay_drain(dsn: str, redis_url: str, slot: str, n: int, mark: bool) -> dict
 def latency(
     dsn: str, redis_url: str, seconds: float, rate: int, start_consumer: Any
 ) -> list[float]:
-    """Commit one event per transaction at `rate`/s; return commit → XREAD latencies (ms)."""
+    """Commit one event per transaction at `rate`/s; return commit → XREAD latencies (ms).
+
+    The reader is a separate process (bench/latency_reader.py), so it never waits for
+    this process's GIL; both sides stamp time.time() on the same host clock.
+    """
     r = redis.Redis.from_url(redis_url)
     r.delete("axiom:core:events")
-    committed: dict[int, float] = {}
-    read_at: dict[int, float] = {}
-    stop = threading.Event()
-
-    def reader() -> None:
-        c = redis.Redis.from_url(redis_url)
-        last = "0-0"
-        while not stop.is_set():
-            got: Any = c.xread({"axiom:core:events": last}, block=200, count=1000)
-            now = time.perf_counter()
-            for _, entries in got or []:
-                for eid, fields in entries:
-                    read_at[int(orjson.loads(fields[b"payload"])["seq"])] = now
-                    last = eid
-        c.close()
-
-    th = threading.Thread(target=reader)
-    th.start()
-    time.sleep(0.3)
-    handle = start_consumer()
-    time.sleep(1.0)
-    total = int(seconds * rate)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        t0 = time.perf_counter()
-        for seq in range(total):
-            target = t0 + seq / rate
-            delay = target - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            conn.execute(
-                "INSERT INTO event_outbox (tenant_id, aggregate_type, aggregate_id, event_type,"
-                " payload) VALUES ('t', 'case', 'c', 'CASE_CREATED', %s)",
-                (orjson.dumps({"case_id": "c", "status": "OPEN", "seq": seq}).decode(),),
-            )
-            committed[seq] = time.perf_counter()
-    deadline = time.perf_counter() + 30
-    while len(read_at) < total and time.perf_counter() < deadline:
-        time.sleep(0.05)
-    stop.set()
-    th.join()
-    handle()
     r.close()
+    total = int(seconds * rate)
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        reader = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.latency_reader",
+                redis_url,
+                "axiom:core:events",
+                str(total),
+                out.name,
+            ],
+            stdout=subprocess.PIPE,
+        )
+        assert reader.stdout is not None
+        reader.stdout.readline()  # "ready"
+        handle = start_consumer()
+        time.sleep(1.0)
+        committed: dict[int, float] = {}
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            t0 = time.perf_counter()
+            for seq in range(total):
+                delay = t0 + seq / rate - time.perf_counter()
+                if delay > 0:
+                    time.sleep(delay)
+                conn.execute(
+                    "INSERT INTO event_outbox (tenant_id, aggregate_type, aggregate_id,"
+                    " event_type, payload) VALUES ('t', 'case', 'c', 'CASE_CREATED', %s)",
+                    (orjson.dumps({"case_id": "c", "status": "OPEN", "seq": seq}).decode(),),
+                )
+                committed[seq] = time.time()
+        reader.wait(120)
+        handle()
+        read_at = {int(k): v for k, v in orjson.loads(Path(out.name).read_bytes()).items()}
     if len(read_at) < total:
         raise SystemExit(f"latency run lost events: {len(read_at)}/{total}")
     return [(read_at[s] - committed[s]) * 1000 for s in range(total)]

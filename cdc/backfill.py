@@ -16,7 +16,7 @@ from psycopg import sql
 from cdc import db
 from cdc import lsn as lsnlib
 from cdc.checkpoint import Batch
-from cdc.decode import OutboxEvent
+from cdc.decode import OutboxEvent, dedup_key
 from cdc.settings import Settings
 
 if TYPE_CHECKING:
@@ -62,7 +62,10 @@ def backfill(settings: Settings, conn: db.Conn, pub: Publisher, *, epoch: int) -
             if not rows:
                 break
             events = [
-                OutboxEvent(r[1], r[2], r[3], r[4], r[5], r[6], r[7], base, int(r[0]), epoch=epoch)
+                OutboxEvent(
+                    r[1], r[2], r[3], r[4], r[5], r[6], r[7], base, int(r[0]),
+                    key=dedup_key(epoch, base, int(r[0])),
+                )
                 for r in rows
             ]
             batch = Batch(events, 0)

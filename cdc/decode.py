@@ -30,16 +30,21 @@ class OutboxEvent:
     commit_time: str = ""
     commit_lsn_text: str = ""
     idempotency_key: str = ""
-    epoch: int = 0
+    key: str = ""  # dedup_key(epoch, commit_lsn, position)
 
-    @property
-    def key(self) -> str:
-        """Return the dedup key: fixed-width hex, so string order is (epoch, lsn, position).
 
-        The epoch (the slot's creation time) keeps a re-created slot — after a failover
-        to a standby whose WAL is behind — from being mistaken for a replay.
-        """
-        return f"{self.epoch:014x}:{self.commit_lsn:016x}:{self.position:08x}"
+def key_prefix(epoch: int, commit_lsn: int) -> str:
+    """Return the part of a dedup key shared by one transaction's events."""
+    return f"{epoch:014x}:{commit_lsn:016x}:"
+
+
+def dedup_key(epoch: int, commit_lsn: int, position: int) -> str:
+    """Return the dedup key: fixed-width hex, so string order is (epoch, lsn, position).
+
+    The epoch (the slot's creation time) keeps a re-created slot — after a failover
+    to a standby whose WAL is behind — from being mistaken for a replay.
+    """
+    return f"{key_prefix(epoch, commit_lsn)}{position:08x}"
 
 
 @dataclass(slots=True)
@@ -59,6 +64,7 @@ class Decoder:
         self.in_transaction = False
         self._commit_lsn = 0
         self._commit_text = ""
+        self._prefix = ""
         self._time = ""
         self._position = 0
         self._layout: tuple[int, ...] = ()
@@ -77,6 +83,7 @@ class Decoder:
             self.in_transaction = True
             self._commit_text = msg["lsn"]
             self._commit_lsn = lsnlib.parse(self._commit_text)
+            self._prefix = key_prefix(self.epoch, self._commit_lsn)
             self._time = msg.get("timestamp", "")
             self._position = 0
             return None
@@ -91,13 +98,14 @@ class Decoder:
         i_id, i_tenant, i_agg_type, i_agg_id, i_type, i_payload, i_created = self._layout
         if cols[i_payload]["name"] != "payload" or cols[i_id]["name"] != "id":
             i_id, i_tenant, i_agg_type, i_agg_id, i_type, i_payload, i_created = self._learn(cols)
-        self._position += 1
+        self._position = position = self._position + 1
         payload = cols[i_payload]["value"]
         return OutboxEvent(
             cols[i_id]["value"], cols[i_tenant]["value"], cols[i_agg_type]["value"],
             cols[i_agg_id]["value"], cols[i_type]["value"],
             payload if payload is not None else "null", cols[i_created]["value"],
-            self._commit_lsn, self._position, self._time, self._commit_text, "", self.epoch,
+            self._commit_lsn, position, self._time, self._commit_text, "",
+            self._prefix + format(position, "08x"),
         )
 
     def _learn(self, cols: list[dict[str, Any]]) -> tuple[int, ...]:

@@ -176,31 +176,37 @@ class Session:
 
     def _loop(self, stream: ReplicationStream, pub: Publisher, cp: Checkpoint) -> None:
         batch_size, max_in_flight = self.s.batch_size, self.s.max_in_flight
-        decoder = self.decoder
+        decoder, read, feed = self.decoder, stream.read, self.decoder.feed
+        batch = self.batch
+        seen = 0
         while True:
-            msg = stream.read()
+            msg = read()
             if msg is None:
                 if self._idle(stream, pub, cp):
                     return
+                batch = self.batch
                 continue
-            if msg.data is None:  # keepalive
-                if not decoder.in_transaction and not self.batch:
+            data = msg.data
+            if data is None:  # keepalive
+                if not decoder.in_transaction and not batch:
                     cp.idle(msg.wal_end)
                 if msg.reply_requested:
                     self._status(stream, cp)
                 continue
-            item = decoder.feed(msg.data)
-            if isinstance(item, OutboxEvent):
-                self.batch.append(item)
-                if len(self.batch) >= batch_size:
+            item = feed(data)
+            if type(item) is OutboxEvent:
+                batch.append(item)
+                if len(batch) >= batch_size:
                     self._seal(pub, cp)
+                    batch = self.batch
+                    if len(cp.in_flight) >= max_in_flight:
+                        pub.ack(cp.acked())
+                        if time.monotonic() - self.sent_at > STATUS_MIN_INTERVAL:
+                            self._status(stream, cp)
             elif isinstance(item, Commit):
                 cp.committed(item.end_lsn)
-            if len(cp.in_flight) >= max_in_flight:
-                pub.ack(cp.acked())
-                if time.monotonic() - self.sent_at > STATUS_MIN_INTERVAL:
-                    self._status(stream, cp)
-            if self.stop.is_set():
+            seen += 1
+            if not seen & 1023 and self.stop.is_set():
                 self._drain(stream, pub, cp)
                 return
 

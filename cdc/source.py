@@ -20,7 +20,6 @@ from cdc import lsn as lsnlib
 from cdc.errors import SlotBusy, SourceError
 
 PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
-_HDR_W = struct.Struct("!QQq")
 _HDR_K = struct.Struct("!QqB")
 _STATUS = struct.Struct("!cQQQqB")
 
@@ -29,7 +28,6 @@ _STATUS = struct.Struct("!cQQQqB")
 class Message:
     """One message of the stream: XLogData (`data` set) or a keepalive (`data` None)."""
 
-    wal_start: int
     wal_end: int
     data: memoryview | None
     reply_requested: bool = False
@@ -101,12 +99,11 @@ class ReplicationStream:
         if n < 0:
             raise SourceError(f"replication stream ended: {self._error()}")
         kind = buf[0]
-        if kind == 0x77:  # 'w'
-            start, end, _ = _HDR_W.unpack_from(buf, 1)
-            return Message(start, end, buf[25:])
+        if kind == 0x77:  # 'w': the header's positions are not needed, the JSON has them
+            return Message(0, buf[25:])
         if kind == 0x6B:  # 'k'
             end, _, reply = _HDR_K.unpack_from(buf, 1)
-            return Message(end, end, None, bool(reply))
+            return Message(end, None, bool(reply))
         raise SourceError(f"unexpected replication message type {chr(kind)!r}")
 
     def wait(self, timeout: float) -> None:
