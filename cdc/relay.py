@@ -29,6 +29,7 @@ from cdc.route import Router
 from cdc.settings import Settings
 from cdc.sink import DLQ_FIELDS, RedisSink
 from cdc.source import ReplicationStream
+from cdc.writeback import WriteBack
 
 log = logging.getLogger(__name__)
 STATUS_MIN_INTERVAL = 0.01
@@ -114,13 +115,18 @@ class Publisher:
         except EventError:
             return ""
 
-    def ack(self, batch: Batch) -> None:
-        """Wait for `batch`'s replies, then mark its rows PUBLISHED when configured."""
+    def ack(self, batch: Batch, writeback: WriteBack | None = None) -> None:
+        """Wait for `batch`'s replies, then mark its rows PUBLISHED when configured.
+
+        With `writeback` the UPDATE runs on its thread; without, here and now.
+        """
         added = self.sink.read_replies(batch.replies)
         published = len(batch.published_ids)
         self.metrics.published.inc(published)
         self.metrics.duplicates.inc(max(0, len(batch.events) - added))
-        if self.mark_published and batch.published_ids:
+        if writeback is not None:
+            writeback.submit(batch.published_ids, batch.confirm_lsn)
+        elif self.mark_published and batch.published_ids:
             with self.conn.transaction():
                 self.conn.execute(self._update, (batch.published_ids,))
         if batch.events:
@@ -141,6 +147,7 @@ class Session:
         self.sent_lsn = -1
         self.sent_at = 0.0
         self.target: int | None = None
+        self.wb: WriteBack | None = None
 
     def run(self, *, once: bool) -> None:
         """Stream from the slot's confirmed position; return when stopped or drained."""
@@ -159,6 +166,8 @@ class Session:
                 backfill(self.s, conn, pub, epoch=self.decoder.epoch)
             start = slots.confirmed_lsn(conn, self.s.slot)
             self.target = slots.current_lsn(conn) if once else None
+            if self.s.mark_published:
+                self.wb = WriteBack(dsn, table=self.s.outbox_table, start_lsn=start)
             stream = ReplicationStream(dsn, slot=self.s.slot, table=self.s.outbox_table)
             self.metrics.up.set(1)
             log.info("streaming slot %s from %s", self.s.slot, lsnlib.format(start))
@@ -171,6 +180,8 @@ class Session:
             self.metrics.up.set(0)
             if stream is not None:
                 stream.close()
+            if self.wb is not None:
+                self.wb.close()
             sink.close()
             conn.close()
 
@@ -200,7 +211,7 @@ class Session:
                     self._seal(pub, cp)
                     batch = self.batch
                     if len(cp.in_flight) >= max_in_flight:
-                        pub.ack(cp.acked())
+                        pub.ack(cp.acked(), self.wb)
                         if time.monotonic() - self.sent_at > STATUS_MIN_INTERVAL:
                             self._status(stream, cp)
             elif isinstance(item, Commit):
@@ -221,27 +232,36 @@ class Session:
         if cp.in_flight:
             reply, _ = pub.sink.wait(stream.fileno, self.s.status_interval_s)
             if reply:
-                pub.ack(cp.acked())
+                pub.ack(cp.acked(), self.wb)
             else:
                 stream.consume()
             return False
         if not self.decoder.in_transaction:
             cp.idle()
-        drained = self.target is not None and cp.confirmed >= self.target
+        safe = self._safe(cp)
+        drained = self.target is not None and safe >= self.target
         now = time.monotonic()
-        if cp.confirmed != self.sent_lsn or now - self.sent_at > self.s.status_interval_s:
+        if safe != self.sent_lsn or now - self.sent_at > self.s.status_interval_s:
             # In --once mode ask for a keepalive: it carries the server's WAL end.
             self._status(stream, cp, reply=self.target is not None and not drained)
             self.metrics.lag_seconds.set(0)
         if drained or self.stop.is_set():
             return True
-        stream.wait(self.s.status_interval_s if self.target is None else 0.05)
+        if safe < cp.confirmed:  # write-back still running: look again soon
+            stream.wait(0.005)
+        else:
+            stream.wait(self.s.status_interval_s if self.target is None else 0.05)
         return False
 
+    def _safe(self, cp: Checkpoint) -> int:
+        """Return the LSN to confirm: acknowledged by Redis and, if on, written back."""
+        return cp.confirmed if self.wb is None else self.wb.safe(cp.confirmed)
+
     def _status(self, stream: ReplicationStream, cp: Checkpoint, *, reply: bool = False) -> None:
-        stream.send_status(cp.confirmed, reply=reply)
-        self.sent_lsn, self.sent_at = cp.confirmed, time.monotonic()
-        self.metrics.confirmed_lsn.set(cp.confirmed)
+        safe = self._safe(cp)
+        stream.send_status(safe, reply=reply)
+        self.sent_lsn, self.sent_at = safe, time.monotonic()
+        self.metrics.confirmed_lsn.set(safe)
 
     def _seal(self, pub: Publisher, cp: Checkpoint) -> None:
         batch = Batch(self.batch, 0)
@@ -253,7 +273,9 @@ class Session:
         if self.batch:
             self._seal(pub, cp)
         while cp.in_flight:
-            pub.ack(cp.acked())
+            pub.ack(cp.acked(), self.wb)
+        if self.wb is not None:
+            self.wb.flush(timeout=3.0)
         self._status(stream, cp)
 
 

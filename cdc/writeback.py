@@ -1,0 +1,84 @@
+"""Write-back off the hot path: mark acknowledged rows PUBLISHED on a connection of its own.
+
+Batches are written in the order Redis acknowledged them. `safe(confirmed)` caps the LSN
+the relay may confirm at the last batch whose rows are marked, so a crash between the
+Redis ack and the UPDATE replays the batch (deduplicated in Redis) and marks it then.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+
+import psycopg
+from psycopg import sql
+
+from cdc import db
+from cdc.errors import SourceError
+
+
+class WriteBack:
+    """A thread that runs one UPDATE per acknowledged batch, in order."""
+
+    def __init__(self, dsn: str, *, table: str, start_lsn: int) -> None:
+        schema, _, name = table.partition(".")
+        self._update = sql.SQL(
+            "UPDATE {} SET status = 'PUBLISHED', published_at = now()"
+            " WHERE id = ANY(%s::uuid[]) AND status IN ('PENDING', 'FAILED')"
+        ).format(sql.Identifier(schema, name))
+        self._conn = db.connect(dsn, autocommit=True)
+        self._queue: queue.Queue[tuple[list[str], int] | None] = queue.Queue(maxsize=64)
+        self._cond = threading.Condition()
+        self._pending = 0
+        self._done_lsn = start_lsn
+        self.error: str | None = None
+        self._thread = threading.Thread(target=self._run, name="cdc-writeback", daemon=True)
+        self._thread.start()
+
+    def submit(self, ids: list[str], confirm_lsn: int) -> None:
+        """Queue a batch's ids; its LSN becomes safe once they are marked."""
+        self.check()
+        with self._cond:
+            self._pending += 1
+        self._queue.put((ids, confirm_lsn))
+
+    def safe(self, confirmed: int) -> int:
+        """Return the highest LSN that is both acknowledged and written back."""
+        with self._cond:
+            return confirmed if self._pending == 0 else min(confirmed, self._done_lsn)
+
+    def check(self) -> None:
+        """Raise SourceError if a write-back failed (the session restarts and replays)."""
+        if self.error is not None:
+            raise SourceError(f"write-back failed: {self.error}")
+
+    def flush(self, timeout: float) -> None:
+        """Wait until every queued batch is written back (or `timeout` passes)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self._pending == 0 or self.error is not None, timeout)
+        self.check()
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            ids, lsn = item
+            try:
+                if ids:
+                    self._conn.execute(self._update, (ids,))
+            except psycopg.Error as e:
+                with self._cond:
+                    self.error = " ".join(str(e).split())
+                    self._cond.notify_all()
+                return
+            with self._cond:
+                self._done_lsn = max(self._done_lsn, lsn)
+                self._pending -= 1
+                self._cond.notify_all()
+
+    def close(self, timeout: float = 5.0) -> None:
+        """Stop the thread (after what is queued) and close its connection."""
+        if self._thread.is_alive():
+            with contextlib.suppress(queue.Full):
+                self._queue.put(None, timeout=timeout)
+            self._thread.join(timeout)
+        self._conn.close()
