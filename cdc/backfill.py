@@ -2,7 +2,7 @@
 
 The rows were queued in `cdc_backfill` under the slot's exported snapshot, so none of
 them is also in the stream. They are drained in created_at order by
-`SELECT ... FOR UPDATE SKIP LOCKED` batches, deduplicated in Redis under the keys
+`SELECT ... FOR UPDATE` batches, deduplicated in Redis under the keys
 (slot epoch, consistent point - 1, seq), which sort below every streamed event of that slot.
 """
 
@@ -17,6 +17,7 @@ from cdc import db
 from cdc import lsn as lsnlib
 from cdc.checkpoint import Batch
 from cdc.decode import OutboxEvent, dedup_key
+from cdc.errors import SourceError
 from cdc.settings import Settings
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def backfill(settings: Settings, conn: db.Conn, pub: Publisher, *, epoch: int) -
         "SELECT b.seq, o.id::text, o.tenant_id, o.aggregate_type, o.aggregate_id, o.event_type,"
         " o.payload::text, o.created_at::text FROM public.cdc_backfill b JOIN {} o"
         " ON o.id = b.event_id WHERE b.slot_name = %s ORDER BY b.seq LIMIT %s"
-        " FOR UPDATE OF o SKIP LOCKED"
+        " FOR UPDATE OF o"
     ).format(sql.Identifier(schema, name))
     conn.execute(
         sql.SQL(
@@ -58,6 +59,9 @@ def backfill(settings: Settings, conn: db.Conn, pub: Publisher, *, epoch: int) -
     total = 0
     while True:
         with conn.transaction():
+            # Not SKIP LOCKED: a skipped row would come later with a key below the stream's
+            # mark and be dropped as a duplicate. Wait for a producer's lock, briefly.
+            conn.execute("SET LOCAL lock_timeout = '10s'")
             rows = conn.execute(select, (settings.slot, settings.batch_size)).fetchall()
             if not rows:
                 break
@@ -79,11 +83,12 @@ def backfill(settings: Settings, conn: db.Conn, pub: Publisher, *, epoch: int) -
     left = conn.execute(
         "SELECT count(*) FROM public.cdc_backfill WHERE slot_name = %s", (settings.slot,)
     ).fetchone()
-    if left and left[0] == 0:
-        conn.execute(
-            "UPDATE public.cdc_slot SET backfilled_at = now() WHERE slot_name = %s",
-            (settings.slot,),
-        )
-        if total:
-            log.info("backfill of slot %s published %d pre-slot events", settings.slot, total)
+    if left and left[0]:
+        # Streaming now would raise the marks above the rows still queued: retry instead.
+        raise SourceError(f"backfill of slot {settings.slot}: {left[0]} rows still queued")
+    conn.execute(
+        "UPDATE public.cdc_slot SET backfilled_at = now() WHERE slot_name = %s", (settings.slot,)
+    )
+    if total:
+        log.info("backfill of slot %s published %d pre-slot events", settings.slot, total)
     return total

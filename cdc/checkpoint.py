@@ -20,6 +20,7 @@ class Batch:
     events: list[OutboxEvent]
     confirm_lsn: int
     replies: int = 0
+    sent_at: float = 0.0
     published_ids: list[str] = field(default_factory=list)
 
 

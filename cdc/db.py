@@ -22,9 +22,9 @@ def connect(
     """Open a connection; a bad DSN or an unreachable server becomes a one-line error."""
     try:
         return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=10, **kwargs)
-    except psycopg.ProgrammingError as e:
+    except psycopg.ProgrammingError:
         raise ConfigError(
-            f"CDC_DATABASE_URL is not a valid PostgreSQL DSN: {e}",
+            "CDC_DATABASE_URL is not a valid PostgreSQL DSN",  # libpq's text echoes it
             hint="use postgresql://user:password@host:port/dbname",
         ) from None
     except psycopg.OperationalError as e:

@@ -52,8 +52,6 @@ class Commit:
     """The end of a transaction: everything before `end_lsn` is decoded."""
 
     end_lsn: int
-    commit_time: str
-    events: int
 
 
 class Decoder:
@@ -74,11 +72,15 @@ class Decoder:
         """Decode one message; return an event, a commit, or None for a begin."""
         try:
             msg: dict[str, Any] = orjson.loads(data)
-        except orjson.JSONDecodeError as e:
-            raise SourceError(f"wal2json sent invalid JSON: {e}") from None
-        action = msg.get("action")
-        if action == "I":
-            return self._insert(msg["columns"])
+            action = msg.get("action")
+            if action == "I":
+                return self._insert(msg["columns"])
+            return self._control(msg, action)
+        except (orjson.JSONDecodeError, KeyError, ValueError, TypeError, IndexError) as e:
+            raise SourceError(f"unexpected wal2json output: {e!r}") from None
+
+    def _control(self, msg: dict[str, Any], action: Any) -> Commit | None:
+        """Track transaction boundaries: B opens one, C closes it."""
         if action == "B":
             self.in_transaction = True
             self._commit_text = msg["lsn"]
@@ -89,7 +91,7 @@ class Decoder:
             return None
         if action == "C":
             self.in_transaction = False
-            return Commit(lsnlib.parse(msg["nextlsn"]), msg.get("timestamp", ""), self._position)
+            return Commit(lsnlib.parse(msg["nextlsn"]))
         return None  # M (logical messages), T (truncate) and others: not outbox inserts
 
     def _insert(self, cols: list[dict[str, Any]]) -> OutboxEvent:

@@ -144,8 +144,8 @@ def run_psql(dsn: str, path: Path) -> None:
     """Run one SQL file through psql in a single transaction, password kept out of argv."""
     try:
         params = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError as e:
-        raise ConfigError(f"CDC_DATABASE_URL is not a valid DSN: {e}") from None
+    except psycopg.ProgrammingError:  # libpq's message would echo the DSN, password included
+        raise ConfigError("CDC_DATABASE_URL is not a valid PostgreSQL DSN") from None
     env = dict(os.environ, PGOPTIONS="-c client_min_messages=warning")
     password = params.pop("password", None)
     if password is not None:

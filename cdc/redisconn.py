@@ -17,12 +17,11 @@ def redact_url(url: str) -> str:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable URL>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
     host = parts.hostname or ""
     port = f":{parts.port}" if parts.port else ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}{port}"))
+    netloc = f"{parts.username or ''}:***@{host}{port}" if parts.password else f"{host}{port}"
+    # the query string may carry password=...: keep none of it
+    return urlunsplit(parts._replace(netloc=netloc, query=""))
 
 
 @contextmanager

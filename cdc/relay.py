@@ -33,6 +33,7 @@ from cdc.writeback import WriteBack
 
 log = logging.getLogger(__name__)
 STATUS_MIN_INTERVAL = 0.01
+REPLY_TIMEOUT = 5.0  # a batch unanswered this long is read with a blocking, timed-out read
 
 
 class Prepare:
@@ -45,8 +46,9 @@ class Prepare:
 
     def check(self, ev: OutboxEvent) -> str:
         """Return the event's stream, or raise EventError; note its idempotency key."""
-        if len(ev.payload) > self.max_bytes:
-            raise EventError(f"payload is {len(ev.payload)} bytes, over {self.max_bytes}")
+        size = len(ev.payload.encode())
+        if size > self.max_bytes:
+            raise EventError(f"payload is {size} bytes, over {self.max_bytes}")
         stream = self.router.route(ev.event_type)
         ev.idempotency_key = self.registry.validate_json(ev.event_type, ev.payload)
         return stream
@@ -148,6 +150,7 @@ class Session:
         self.sent_at = 0.0
         self.target: int | None = None
         self.wb: WriteBack | None = None
+        self.linger_until = 0.0
 
     def run(self, *, once: bool) -> None:
         """Stream from the slot's confirmed position; return when stopped or drained."""
@@ -228,11 +231,14 @@ class Session:
         (it is sealed when full) instead of sending a small one.
         """
         if self.batch and (not self.decoder.in_transaction or self.stop.is_set()):
+            if self._linger(stream):
+                return False
             self._seal(pub, cp)
         if cp.in_flight:
-            reply, _ = pub.sink.wait(stream.fileno, self.s.status_interval_s)
-            if reply:
-                pub.ack(cp.acked(), self.wb)
+            reply = pub.sink.wait(stream.fileno, self.s.status_interval_s)
+            overdue = time.monotonic() - cp.in_flight[0].sent_at > REPLY_TIMEOUT
+            if reply or overdue or self.stop.is_set():
+                pub.ack(cp.acked(), self.wb)  # blocks at most the socket timeout
             else:
                 stream.consume()
             return False
@@ -253,6 +259,19 @@ class Session:
             stream.wait(self.s.status_interval_s if self.target is None else 0.05)
         return False
 
+    def _linger(self, stream: ReplicationStream) -> bool:
+        """Hold a small batch up to CDC_LINGER_MS for more events; True while holding."""
+        if not self.s.linger_ms or self.stop.is_set() or len(self.batch) >= self.s.batch_size:
+            return False
+        now = time.monotonic()
+        if not self.linger_until:
+            self.linger_until = now + self.s.linger_ms / 1000
+        if now < self.linger_until:
+            stream.wait(self.linger_until - now)
+            return True
+        self.linger_until = 0.0
+        return False
+
     def _safe(self, cp: Checkpoint) -> int:
         """Return the LSN to confirm: acknowledged by Redis and, if on, written back."""
         return cp.confirmed if self.wb is None else self.wb.safe(cp.confirmed)
@@ -264,8 +283,9 @@ class Session:
         self.metrics.confirmed_lsn.set(safe)
 
     def _seal(self, pub: Publisher, cp: Checkpoint) -> None:
-        batch = Batch(self.batch, 0)
+        batch = Batch(self.batch, 0, sent_at=time.monotonic())
         self.batch = []
+        self.linger_until = 0.0
         pub.send(batch)
         cp.seal(batch)
 

@@ -17,7 +17,7 @@ import redis
 from redis.connection import ConnectionPool
 
 from cdc import keys
-from cdc.errors import SinkError
+from cdc.errors import ConfigError, SinkError
 
 ENTRY_FIELDS = (
     "event_id", "event_type", "aggregate_type", "aggregate_id", "tenant_id",
@@ -41,9 +41,14 @@ class RedisSink:
     """Publish batches of entries to streams, atomically deduplicated per stream."""
 
     def __init__(self, url: str, *, maxlen: int = 0, timeout: float = 5.0) -> None:
-        self._pool = ConnectionPool.from_url(
-            url, socket_timeout=timeout, socket_connect_timeout=timeout
-        )
+        try:
+            self._pool = ConnectionPool.from_url(
+                url, socket_timeout=timeout, socket_connect_timeout=timeout
+            )
+        except ValueError:  # the message would echo the URL, password included
+            raise ConfigError(
+                "CDC_REDIS_URL is not a valid Redis URL", hint="use redis://[:password@]host:port/db"
+            ) from None
         self._maxlen = maxlen
         self._conn: Any = None
         self._sha = ""
@@ -91,18 +96,18 @@ class RedisSink:
             raise _translate(e, "XADD") from None
         return len(cmds)
 
-    def wait(self, other_fd: int, timeout: float) -> tuple[bool, bool]:
-        """Wait until a reply or `other_fd` is readable; return (reply ready, other ready)."""
+    def wait(self, other_fd: int, timeout: float) -> bool:
+        """Wait until a reply or `other_fd` is readable; return True when a reply is ready."""
         try:
             if self._conn.can_read(timeout=0):
-                return True, False
+                return True
             sock = self._conn._sock  # redis-py keeps its socket here; we only select on it
             if sock is None:
                 raise redis.ConnectionError("connection closed")
             readable, _, _ = select.select([sock, other_fd], [], [], timeout)
         except (redis.RedisError, OSError, ValueError) as e:  # Redis went away while we waited
             raise _translate(e, "XADD") from None
-        return sock in readable, other_fd in readable
+        return sock in readable
 
     def read_replies(self, n: int) -> int:
         """Read `n` replies in order; return how many entries were added (not deduplicated)."""

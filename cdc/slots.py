@@ -85,21 +85,25 @@ def lock(conn: db.Conn, slot: str) -> None:
 def ensure(settings: Settings) -> bool:
     """Create the slot when absent; return True if it was created now."""
     dsn = settings.database_url.get_secret_value()
-    with db.connect(dsn, autocommit=True) as conn:
-        if status(conn, settings.slot) is not None:
-            return False
-        for table in (settings.outbox_table, "public.cdc_slot"):
-            row = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
-            if not row or row[0] is None:
-                raise MigrationError(f"table {table} does not exist", hint="run `cdc migrate`")
-    create(settings)
-    return True
+    try:
+        with db.connect(dsn, autocommit=True) as conn:
+            if status(conn, settings.slot) is not None:
+                return False
+            for table in (settings.outbox_table, "public.cdc_slot"):
+                row = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
+                if not row or row[0] is None:
+                    raise MigrationError(
+                        f"table {table} does not exist", hint="run `cdc migrate`"
+                    )
+    except psycopg.Error as e:
+        raise SourceError(f"cannot inspect slot {settings.slot}: {e}") from None
+    return create(settings, exist_ok=True) is not None
 
 
-def create(settings: Settings) -> str:
+def create(settings: Settings, *, exist_ok: bool = False) -> str | None:
     """Create the slot and, under its exported snapshot, queue the PENDING rows it will not stream.
 
-    Return the slot's consistent point.
+    Return the slot's consistent point (None if it existed and `exist_ok`).
     """
     dsn = settings.database_url.get_secret_value()
     rconn = replication_connect(dsn)
@@ -111,6 +115,8 @@ def create(settings: Settings) -> str:
                 )
             ).fetchone()
         except psycopg.errors.DuplicateObject:
+            if exist_ok:  # another relay created it a moment ago
+                return None
             raise ConfigError(f"replication slot {settings.slot} already exists") from None
         except psycopg.Error as e:
             raise SourceError(
@@ -119,8 +125,14 @@ def create(settings: Settings) -> str:
             ) from None
         assert row is not None
         consistent, snapshot = str(row[1]), str(row[2])
-        with db.connect(dsn) as conn:
-            _queue_backfill(conn, settings, consistent, snapshot)
+        try:
+            with db.connect(dsn) as conn:
+                _queue_backfill(conn, settings, consistent, snapshot)
+        except (psycopg.Error, SourceError) as e:
+            # A slot without its backfill queue would never publish the rows before it.
+            rconn.close()
+            _drop_quietly(dsn, settings.slot)
+            raise SourceError(f"cannot queue the backfill of slot {settings.slot}: {e}") from None
     finally:
         rconn.close()
     log.info("created slot %s at %s", settings.slot, consistent)
@@ -147,6 +159,17 @@ def _queue_backfill(conn: db.Conn, settings: Settings, consistent: str, snapshot
             ).format(sql.Identifier(schema, name)),
             (settings.slot,),
         )
+
+
+def _drop_quietly(dsn: str, slot: str) -> None:
+    try:
+        with db.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                " WHERE slot_name = %s", (slot,)
+            )
+    except (psycopg.Error, SourceError) as e:
+        log.warning("could not drop half-created slot %s: %s (drop it by hand)", slot, e)
 
 
 def drop(settings: Settings) -> None:

@@ -10,13 +10,11 @@ import select
 import struct
 import time
 from dataclasses import dataclass
-from typing import Protocol
 
 import psycopg
 from psycopg import pq, sql
 
 from cdc import db
-from cdc import lsn as lsnlib
 from cdc.errors import SlotBusy, SourceError
 
 PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in Unix microseconds
@@ -31,15 +29,6 @@ class Message:
     wal_end: int
     data: memoryview | None
     reply_requested: bool = False
-
-
-class Source(Protocol):
-    """What the relay needs from a replication stream."""
-
-    def read(self) -> Message | None: ...
-    def wait(self, timeout: float) -> None: ...
-    def send_status(self, flushed: int, *, reply: bool = False) -> None: ...
-    def close(self) -> None: ...
 
 
 def plugin_options(table: str) -> sql.Composed:
@@ -69,10 +58,11 @@ def replication_connect(dsn: str) -> db.Conn:
 class ReplicationStream:
     """A started logical replication stream on one slot."""
 
-    def __init__(self, dsn: str, *, slot: str, table: str, start_lsn: int = 0) -> None:
+    def __init__(self, dsn: str, *, slot: str, table: str) -> None:
         self._conn = replication_connect(dsn)
-        stmt = sql.SQL("START_REPLICATION SLOT {} LOGICAL {} ({})").format(
-            sql.Identifier(slot), sql.SQL(lsnlib.format(start_lsn)), plugin_options(table)
+        # 0/0: start at the slot's confirmed_flush_lsn
+        stmt = sql.SQL("START_REPLICATION SLOT {} LOGICAL 0/0 ({})").format(
+            sql.Identifier(slot), plugin_options(table)
         )
         try:
             self._conn.execute(stmt)

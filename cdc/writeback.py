@@ -28,6 +28,7 @@ class WriteBack:
             " WHERE id = ANY(%s::uuid[]) AND status IN ('PENDING', 'FAILED')"
         ).format(sql.Identifier(schema, name))
         self._conn = db.connect(dsn, autocommit=True)
+        self._conn.execute("SET statement_timeout = '30s'")
         self._queue: queue.Queue[tuple[list[str], int] | None] = queue.Queue(maxsize=64)
         self._cond = threading.Condition()
         self._pending = 0
@@ -41,10 +42,16 @@ class WriteBack:
         self.check()
         with self._cond:
             self._pending += 1
-        self._queue.put((ids, confirm_lsn))
+        while True:  # a full queue means the thread is behind: wait, but notice if it died
+            try:
+                self._queue.put((ids, confirm_lsn), timeout=0.5)
+                return
+            except queue.Full:
+                self.check()
 
     def safe(self, confirmed: int) -> int:
         """Return the highest LSN that is both acknowledged and written back."""
+        self.check()
         with self._cond:
             return confirmed if self._pending == 0 else min(confirmed, self._done_lsn)
 
@@ -65,9 +72,9 @@ class WriteBack:
             try:
                 if ids:
                     self._conn.execute(self._update, (ids,))
-            except psycopg.Error as e:
+            except Exception as e:  # any failure must reach the relay loop
                 with self._cond:
-                    self.error = " ".join(str(e).split())
+                    self.error = " ".join(str(e).split()) or type(e).__name__
                     self._cond.notify_all()
                 return
             with self._cond:
@@ -81,4 +88,10 @@ class WriteBack:
             with contextlib.suppress(queue.Full):
                 self._queue.put(None, timeout=timeout)
             self._thread.join(timeout)
+        if self._thread.is_alive():  # stuck in a statement: cancel it, never free it under it
+            with contextlib.suppress(psycopg.Error):
+                self._conn.cancel_safe(timeout=1.0)
+            self._thread.join(1.0)
+            if self._thread.is_alive():
+                return
         self._conn.close()

@@ -74,7 +74,11 @@ def test_tampered_applied_file_stops_and_names_it(empty_db: str, tmp_path: Path)
 
 @pytest.mark.parametrize(
     ("url", "code"),
-    [("not a dsn at all", 2), ("postgresql://nobody:s3cret@127.0.0.1:1/nodb", 1)],
+    [
+        ("not a dsn at all", 2),
+        ("postgresql:/nobody:s3cret@db/nodb", 2),  # libpq would echo this one back
+        ("postgresql://nobody:s3cret@127.0.0.1:1/nodb", 1),
+    ],
 )
 def test_bad_database_url_is_one_line_naming_the_setting(url: str, code: int) -> None:
     proc = cdc("migrate", CDC_DATABASE_URL=url)

@@ -269,8 +269,10 @@ def test_metrics_endpoint_exports_the_seed_metrics(
 
         lag_key = 'core_consumer_group_lag{group="synapse_group",stream="axiom:core:events"}'
         wait_for(
-            lambda: scrape().get("core_event_outbox_published_total") == 30
-            and scrape().get(lag_key) == 30,
+            lambda: (
+                scrape().get("core_event_outbox_published_total") == 30
+                and scrape().get(lag_key) == 30
+            ),
             what="published count and group lag",
         )
         got = scrape()
@@ -335,3 +337,46 @@ def test_streams_are_capped_when_configured(settings: Settings, rds: redis.Redis
     assert cdc(settings, "run", "--once", CDC_STREAM_MAXLEN="100").returncode == 0
     length = rds.xlen("axiom:core:events")
     assert 100 <= length < 400, length  # MAXLEN ~ trims whole macro nodes
+
+
+def test_backfill_waits_for_a_locked_row_instead_of_skipping_it(
+    settings: Settings, pg_dsn: str, rds: redis.Redis
+) -> None:
+    """A skipped row would come later with a key below the mark and be dropped."""
+    import subprocess
+    import sys
+
+    from tests.relayutil import relay_env
+
+    ids = [
+        insert(
+            pg_dsn,
+            "CASE_CREATED",
+            f'{{"case_id": "c{i}", "status": "OPEN"}}',
+            created=f"2026-01-0{i}",
+        )
+        for i in (1, 2, 3)
+    ]
+    assert cdc(settings, "slot", "create").returncode == 0
+    with psycopg.connect(pg_dsn) as holder:
+        holder.execute("SELECT 1 FROM event_outbox WHERE id = %s FOR UPDATE", (ids[1],))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cdc", "run", "--once"],
+            env=relay_env(settings),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(1.5)
+        assert proc.poll() is None, "the backfill must wait for the lock"
+        holder.commit()
+    assert proc.wait(60) == 0
+    assert [e["event_id"] for e in stream_events(rds)] == ids
+    assert statuses(pg_dsn) == {"PUBLISHED": 3}
+
+
+def test_redis_url_redaction_hides_passwords_anywhere() -> None:
+    from cdc.redisconn import redact_url
+
+    assert "s3cret" not in redact_url("redis://user:s3cret@h:6379/0")
+    assert "s3cret" not in redact_url("redis://h:6379/0?password=s3cret")
+    assert redact_url("redis://h:6379/0") == "redis://h:6379/0"
