@@ -42,18 +42,17 @@ def backfill(settings: Settings, conn: db.Conn, pub: Publisher, *, epoch: int) -
     if row[1]:
         return 0
     base = lsnlib.parse(row[0]) - 1
-    schema, _, name = settings.outbox_table.partition(".")
     select = sql.SQL(
         "SELECT b.seq, o.id::text, o.tenant_id, o.aggregate_type, o.aggregate_id, o.event_type,"
         " o.payload::text, o.created_at::text FROM public.cdc_backfill b JOIN {} o"
         " ON o.id = b.event_id WHERE b.slot_name = %s ORDER BY b.seq LIMIT %s"
         " FOR UPDATE OF o"
-    ).format(sql.Identifier(schema, name))
+    ).format(db.table_ident(settings.outbox_table))
     conn.execute(
         sql.SQL(
             "DELETE FROM public.cdc_backfill b WHERE b.slot_name = %s"
             " AND NOT EXISTS (SELECT 1 FROM {} o WHERE o.id = b.event_id)"
-        ).format(sql.Identifier(schema, name)),
+        ).format(db.table_ident(settings.outbox_table)),
         (settings.slot,),
     )
     total = 0

@@ -5,11 +5,18 @@ from __future__ import annotations
 from typing import Any, TypeAlias
 
 import psycopg
+from psycopg import sql
 
 from cdc.errors import ConfigError, SourceError
 from cdc.settings import redact
 
 Conn: TypeAlias = psycopg.Connection[tuple[Any, ...]]
+
+
+def table_ident(table: str, relation: str | None = None) -> sql.Identifier:
+    """Return `schema.name` quoted; with `relation`, that table in the same schema."""
+    schema, _, name = table.partition(".")
+    return sql.Identifier(schema, relation or name)
 
 
 def connect(

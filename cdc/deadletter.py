@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from psycopg import sql
 
+from cdc import db
 from cdc.db import Conn
 from cdc.decode import OutboxEvent
 from cdc.errors import EventError
@@ -24,9 +25,8 @@ class DeadLetters:
     def __init__(self, conn: Conn, *, table: str, max_retry: int) -> None:
         self._conn = conn
         self._max_retry = max_retry
-        schema, _, name = table.partition(".")
-        self._table = sql.Identifier(schema, name)
-        self._dead_table = sql.Identifier(schema, "event_dead_letter")
+        self._table = db.table_ident(table)
+        self._dead_table = db.table_ident(table, "event_dead_letter")
 
     def fail(
         self, event: OutboxEvent, error: EventError, check: Callable[[OutboxEvent], str]

@@ -86,8 +86,7 @@ class ReplayReport:
 
 
 def _table(settings: Settings) -> sql.Identifier:
-    schema, _, _ = settings.outbox_table.partition(".")
-    return sql.Identifier(schema, "event_dead_letter")
+    return db.table_ident(settings.outbox_table, "event_dead_letter")
 
 
 def list_dead(
@@ -199,7 +198,6 @@ def _mark(
     conn: db.Conn, settings: Settings, stream: str, ids: list[str], added: set[str]
 ) -> None:
     """Record that `ids` are on `stream`: dead-letter row replayed, outbox row PUBLISHED."""
-    schema, _, name = settings.outbox_table.partition(".")
     with conn.transaction():
         conn.execute(
             sql.SQL(
@@ -214,7 +212,7 @@ def _mark(
             sql.SQL(
                 "UPDATE {} SET status = 'PUBLISHED', published_at = now()"
                 " WHERE id = ANY(%s::uuid[]) AND status = 'DEAD_LETTER'"
-            ).format(sql.Identifier(schema, name)),
+            ).format(db.table_ident(settings.outbox_table)),
             (ids,),
         )
 

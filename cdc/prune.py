@@ -45,8 +45,7 @@ def prune(
     pause_s: float = 0.0, dry_run: bool = False, stop: threading.Event | None = None,
 ) -> PruneResult:
     """Delete PUBLISHED outbox rows created before now() - `older_than`."""
-    schema, _, name = settings.outbox_table.partition(".")
-    table = sql.Identifier(schema, name)
+    table = db.table_ident(settings.outbox_table)
     row = conn.execute("SELECT now() - %s::interval", (older_than,)).fetchone()
     assert row is not None
     result = PruneResult(cutoff=row[0], dry_run=dry_run)

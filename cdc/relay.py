@@ -83,11 +83,10 @@ class Publisher:
         self.metrics = metrics
         self.mark_published = settings.mark_published
         self.dead = DeadLetters(conn, table=settings.outbox_table, max_retry=settings.max_retry)
-        schema, _, name = settings.outbox_table.partition(".")
         self._update = sql.SQL(
             "UPDATE {} SET status = 'PUBLISHED', published_at = now()"
             " WHERE id = ANY(%s::uuid[]) AND status IN ('PENDING', 'FAILED')"
-        ).format(sql.Identifier(schema, name))
+        ).format(db.table_ident(settings.outbox_table))
 
     def send(self, batch: Batch) -> None:
         """Route, validate and send every event of `batch` (failures go to the DLQ)."""

@@ -59,7 +59,6 @@ def new_id() -> str:
 
 def pages(conn: db.Conn, settings: Settings, rng: Range, size: int) -> Iterator[list[Row]]:
     """Yield the matching rows in (created_at, id) order, `size` at a time."""
-    schema, _, name = settings.outbox_table.partition(".")
     statuses = ["PUBLISHED"] if settings.mark_published else ["PUBLISHED", "PENDING"]
     conds = [sql.SQL("status = ANY(%(statuses)s)"), sql.SQL("created_at >= %(since)s")]
     if rng.until is not None:
@@ -73,7 +72,7 @@ def pages(conn: db.Conn, settings: Settings, rng: Range, size: int) -> Iterator[
         " created_at::text AS created_text, created_at AS created_ts FROM {} WHERE {}"
         " AND (created_at, id) > (%(after_ts)s, %(after_id)s::uuid)"
         " ORDER BY created_at, id LIMIT %(size)s"
-    ).format(sql.Identifier(schema, name), sql.SQL(" AND ").join(conds))
+    ).format(db.table_ident(settings.outbox_table), sql.SQL(" AND ").join(conds))
     params: dict[str, Any] = {
         "statuses": statuses, "since": rng.since, "until": rng.until,
         "event_type": rng.event_type, "tenant": rng.tenant, "size": size,

@@ -10,7 +10,7 @@ import psycopg
 import redis
 from psycopg import sql
 
-from cdc import keys
+from cdc import db, keys
 from cdc.metrics import Metrics
 from cdc.route import Router
 from cdc.settings import Settings
@@ -30,9 +30,8 @@ class Sampler(threading.Thread):
         self._stop_event = stop
         self._interval = interval
         self._streams = Router(settings.routes).streams()
-        schema, _, name = settings.outbox_table.partition(".")
         self._pending = sql.SQL("SELECT count(*) FROM {} WHERE status = 'PENDING'").format(
-            sql.Identifier(schema, name)
+            db.table_ident(settings.outbox_table)
         )
 
     def run(self) -> None:

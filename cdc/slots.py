@@ -140,7 +140,6 @@ def create(settings: Settings, *, exist_ok: bool = False) -> str | None:
 
 
 def _queue_backfill(conn: db.Conn, settings: Settings, consistent: str, snapshot: str) -> None:
-    schema, _, name = settings.outbox_table.partition(".")
     with conn.transaction():
         conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot)))
@@ -156,7 +155,7 @@ def _queue_backfill(conn: db.Conn, settings: Settings, consistent: str, snapshot
                 "INSERT INTO public.cdc_backfill (slot_name, seq, event_id)"
                 " SELECT %s, row_number() OVER (ORDER BY created_at, id), id FROM {}"
                 " WHERE status IN ('PENDING', 'FAILED')"
-            ).format(sql.Identifier(schema, name)),
+            ).format(db.table_ident(settings.outbox_table)),
             (settings.slot,),
         )
 

@@ -110,8 +110,7 @@ def _postgres(settings: Settings, snap: Snapshot, limits: Limits) -> None:
                 ).fetchone()
                 snap.last_reply_age_s = round(row[0], 3) if row and row[0] is not None else None
             _slot_problems(st, snap, limits)
-        schema, _, name = settings.outbox_table.partition(".")
-        table = sql.Identifier(schema, name)
+        table = db.table_ident(settings.outbox_table)
         snap.outbox = dict(
             conn.execute(sql.SQL("SELECT status, count(*) FROM {} GROUP BY 1").format(table))
         )

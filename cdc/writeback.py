@@ -22,11 +22,10 @@ class WriteBack:
     """A thread that runs one UPDATE per acknowledged batch, in order."""
 
     def __init__(self, dsn: str, *, table: str, start_lsn: int) -> None:
-        schema, _, name = table.partition(".")
         self._update = sql.SQL(
             "UPDATE {} SET status = 'PUBLISHED', published_at = now()"
             " WHERE id = ANY(%s::uuid[]) AND status IN ('PENDING', 'FAILED')"
-        ).format(sql.Identifier(schema, name))
+        ).format(db.table_ident(table))
         self._conn = db.connect(dsn, autocommit=True)
         self._conn.execute("SET statement_timeout = '30s'")
         self._queue: queue.Queue[tuple[list[str], int] | None] = queue.Queue(maxsize=64)
