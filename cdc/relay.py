@@ -13,7 +13,6 @@ import time
 from datetime import datetime
 
 import psycopg
-from psycopg import sql
 
 from cdc import db, keys, slots
 from cdc import lsn as lsnlib
@@ -29,7 +28,7 @@ from cdc.route import Router
 from cdc.settings import Settings
 from cdc.sink import DLQ_FIELDS, RedisSink
 from cdc.source import ReplicationStream
-from cdc.writeback import WriteBack
+from cdc.writeback import WriteBack, mark_published
 
 log = logging.getLogger(__name__)
 STATUS_MIN_INTERVAL = 0.01
@@ -83,10 +82,7 @@ class Publisher:
         self.metrics = metrics
         self.mark_published = settings.mark_published
         self.dead = DeadLetters(conn, table=settings.outbox_table, max_retry=settings.max_retry)
-        self._update = sql.SQL(
-            "UPDATE {} SET status = 'PUBLISHED', published_at = now()"
-            " WHERE id = ANY(%s::uuid[]) AND status IN ('PENDING', 'FAILED')"
-        ).format(db.table_ident(settings.outbox_table))
+        self._update = mark_published(settings.outbox_table)
 
     def send(self, batch: Batch) -> None:
         """Route, validate and send every event of `batch` (failures go to the DLQ)."""

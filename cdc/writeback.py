@@ -18,14 +18,19 @@ from cdc import db
 from cdc.errors import SourceError
 
 
+def mark_published(table: str) -> sql.Composed:
+    """Return the UPDATE that marks acknowledged rows (ids as one uuid[] parameter)."""
+    return sql.SQL(
+        "UPDATE {} SET status = 'PUBLISHED', published_at = now()"
+        " WHERE id = ANY(%s::uuid[]) AND status IN ('PENDING', 'FAILED')"
+    ).format(db.table_ident(table))
+
+
 class WriteBack:
     """A thread that runs one UPDATE per acknowledged batch, in order."""
 
     def __init__(self, dsn: str, *, table: str, start_lsn: int) -> None:
-        self._update = sql.SQL(
-            "UPDATE {} SET status = 'PUBLISHED', published_at = now()"
-            " WHERE id = ANY(%s::uuid[]) AND status IN ('PENDING', 'FAILED')"
-        ).format(db.table_ident(table))
+        self._update = mark_published(table)
         self._conn = db.connect(dsn, autocommit=True)
         self._conn.execute("SET statement_timeout = '30s'")
         self._queue: queue.Queue[tuple[list[str], int] | None] = queue.Queue(maxsize=64)
