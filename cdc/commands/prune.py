@@ -8,23 +8,18 @@ import orjson
 
 from cdc import db
 from cdc import prune as prunelib
+from cdc.commands import checked
 from cdc.errors import ConfigError
 from cdc.settings import Settings
 from cdc.when import parse_duration
 
 
-def _duration(text: str) -> str:
-    try:
-        parse_duration(text)
-    except ConfigError as e:
-        raise argparse.ArgumentTypeError(e.one_line()) from None
-    return text
-
-
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `prune` command."""
     p = sub.add_parser("prune", help="outbox retention: delete old PUBLISHED rows in batches")
-    p.add_argument("--older-than", required=True, type=_duration, help="age, e.g. 7d or 36h")
+    p.add_argument(
+        "--older-than", required=True, type=checked(parse_duration), help="age, e.g. 7d or 36h"
+    )
     p.add_argument("--batch-size", type=int, default=5000, help="rows per short transaction")
     p.add_argument("--pause-ms", type=float, default=0.0, help="sleep between batches")
     p.add_argument("--dry-run", action="store_true", help="count the rows, delete nothing")

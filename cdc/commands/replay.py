@@ -9,17 +9,9 @@ import orjson
 
 from cdc import db, redisconn
 from cdc import replay as replaylib
-from cdc.errors import ConfigError
+from cdc.commands import checked
 from cdc.settings import Settings
 from cdc.when import parse_time
-
-
-def _time(text: str) -> str:
-    try:
-        parse_time(text)
-    except ConfigError as e:
-        raise argparse.ArgumentTypeError(e.one_line()) from None
-    return text
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -27,8 +19,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "replay", help="republish outbox rows of a time range, each entry marked as a replay"
     )
-    p.add_argument("--since", required=True, type=_time, help="ISO-8601 time or age (2h)")
-    p.add_argument("--until", type=_time, help="exclusive end (default: now)")
+    p.add_argument(
+        "--since", required=True, type=checked(parse_time), help="ISO-8601 time or age (2h)"
+    )
+    p.add_argument("--until", type=checked(parse_time), help="exclusive end (default: now)")
     p.add_argument("--event-type", help="only this event type")
     p.add_argument("--tenant", help="only this tenant")
     p.add_argument("--id", help="resume the replay run with this id (no duplicates)")
