@@ -55,7 +55,7 @@ def raw_read(dsn: str, slot: str, n: int) -> float:
         msg = stream.read()
         if msg is None:
             stream.wait(1.0)
-        elif msg.data is not None and bytes(msg.data[:14]) == b'{"action":"I",':
+        elif isinstance(msg, memoryview) and bytes(msg[:14]) == b'{"action":"I",':
             seen += 1
     rate = n / (time.perf_counter() - t0)
     stream.close()

@@ -27,7 +27,7 @@ from cdc.metrics import Metrics
 from cdc.route import Router
 from cdc.settings import Settings
 from cdc.sink import DLQ_FIELDS, RedisSink
-from cdc.source import ReplicationStream
+from cdc.source import Keepalive, ReplicationStream
 from cdc.writeback import WriteBack, mark_published
 
 log = logging.getLogger(__name__)
@@ -195,14 +195,13 @@ class Session:
                     return
                 batch = self.batch
                 continue
-            data = msg.data
-            if data is None:  # keepalive
+            if type(msg) is Keepalive:
                 if not decoder.in_transaction and not batch:
                     cp.idle(msg.wal_end)
                 if msg.reply_requested:
                     self._status(stream, cp)
                 continue
-            item = feed(data)
+            item = feed(msg)  # type: ignore[arg-type]
             if type(item) is OutboxEvent:
                 batch.append(item)
                 if len(batch) >= batch_size:

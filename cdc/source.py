@@ -23,12 +23,11 @@ _STATUS = struct.Struct("!cQQQqB")
 
 
 @dataclass(slots=True)
-class Message:
-    """One message of the stream: XLogData (`data` set) or a keepalive (`data` None)."""
+class Keepalive:
+    """A primary keepalive: the server's WAL end, and whether it wants a reply now."""
 
     wal_end: int
-    data: memoryview | None
-    reply_requested: bool = False
+    reply_requested: bool
 
 
 def plugin_options(table: str) -> sql.Composed:
@@ -78,8 +77,11 @@ class ReplicationStream:
         self._pg = self._conn.pgconn
         self.fileno = self._pg.socket
 
-    def read(self) -> Message | None:
-        """Return the next message if one is buffered, else None (never blocks)."""
+    def read(self) -> memoryview | Keepalive | None:
+        """Return the next message if one is buffered, else None (never blocks).
+
+        XLogData comes back as its payload (the wal2json JSON), keepalives as Keepalive.
+        """
         try:
             n, buf = self._pg.get_copy_data(1)
         except psycopg.Error as e:
@@ -90,10 +92,10 @@ class ReplicationStream:
             raise SourceError(f"replication stream ended: {self._error()}")
         kind = buf[0]
         if kind == 0x77:  # 'w': the header's positions are not needed, the JSON has them
-            return Message(0, buf[25:])
+            return buf[25:]
         if kind == 0x6B:  # 'k'
             end, _, reply = _HDR_K.unpack_from(buf, 1)
-            return Message(end, None, bool(reply))
+            return Keepalive(end, bool(reply))
         raise SourceError(f"unexpected replication message type {chr(kind)!r}")
 
     def wait(self, timeout: float) -> None:
