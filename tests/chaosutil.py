@@ -297,12 +297,3 @@ def rss_kib(pid: int) -> tuple[int, int]:
             if key in ("VmRSS", "VmHWM"):
                 vals[key] = int(rest.split()[0])
     return vals.get("VmRSS", 0), vals.get("VmHWM", 0)
-
-
-def slot_active(dsn: str, slot: str) -> bool:
-    """Return True while a walsender holds `slot`."""
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)
-        ).fetchone()
-        return bool(row and row[0])

@@ -136,3 +136,12 @@ def slot_lag(dsn: str, slot: str) -> int:
         ).fetchone()
         assert row is not None
         return int(row[0])
+
+
+def slot_active(dsn: str, slot: str) -> bool:
+    """Return True while a walsender holds `slot`."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+        ).fetchone()
+        return bool(row and row[0])

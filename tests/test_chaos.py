@@ -30,9 +30,8 @@ from tests.chaosutil import (
     check_invariants,
     poison_ids,
     rss_kib,
-    slot_active,
 )
-from tests.relayutil import cdc, relay, start_relay, wait_for
+from tests.relayutil import cdc, relay, slot_active, start_relay, wait_for
 
 pytestmark = pytest.mark.chaos
 Report = Callable[..., None]

@@ -12,7 +12,15 @@ import pytest
 import redis
 
 from cdc.settings import Settings
-from tests.relayutil import cdc, insert_cases, relay, slot_lag, stream_events, wait_for
+from tests.relayutil import (
+    cdc,
+    insert_cases,
+    relay,
+    slot_active,
+    slot_lag,
+    stream_events,
+    wait_for,
+)
 
 
 def insert(
@@ -177,7 +185,7 @@ def test_idle_slot_advances_past_unrelated_writes(settings: Settings, pg_dsn: st
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE unrelated (x int, pad text)")
     with relay(settings):
-        wait_for(lambda: _active(pg_dsn, settings.slot), what="relay to hold the slot")
+        wait_for(lambda: slot_active(pg_dsn, settings.slot), what="relay to hold the slot")
         with psycopg.connect(pg_dsn, autocommit=True) as conn:
             for _ in range(100):
                 conn.execute(
@@ -189,19 +197,11 @@ def test_idle_slot_advances_past_unrelated_writes(settings: Settings, pg_dsn: st
     assert slot_lag(pg_dsn, settings.slot) < 64 * 1024, f"lag after {written} unrelated writes"
 
 
-def _active(dsn: str, slot: str) -> bool:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)
-        ).fetchone()
-        return bool(row and row[0])
-
-
 def test_busy_slot_standby_takes_over(
     settings: Settings, pg_dsn: str, rds: redis.Redis, tmp_path: Path
 ) -> None:
     with relay(settings) as first:
-        wait_for(lambda: _active(pg_dsn, settings.slot), what="first relay to hold the slot")
+        wait_for(lambda: slot_active(pg_dsn, settings.slot), what="first relay to hold the slot")
         log = tmp_path / "standby.log"
         with relay(settings, str(log)) as second:
             wait_for(lambda: "standing by" in log.read_text(), what="standby message")
@@ -219,7 +219,7 @@ def test_sigterm_flushes_and_exits_zero_within_5s(
     settings: Settings, pg_dsn: str, rds: redis.Redis
 ) -> None:
     with relay(settings) as proc:
-        wait_for(lambda: _active(pg_dsn, settings.slot), what="relay to hold the slot")
+        wait_for(lambda: slot_active(pg_dsn, settings.slot), what="relay to hold the slot")
         insert_cases(pg_dsn, 2000)
         proc.send_signal(signal.SIGTERM)
         t0 = time.monotonic()
@@ -235,7 +235,7 @@ def test_postgres_restart_reconnects_and_resumes(
     settings: Settings, pg_server: Any, pg_dsn: str, rds: redis.Redis
 ) -> None:
     with relay(settings):
-        wait_for(lambda: _active(pg_dsn, settings.slot), what="relay to hold the slot")
+        wait_for(lambda: slot_active(pg_dsn, settings.slot), what="relay to hold the slot")
         insert_cases(pg_dsn, 100)
         wait_for(lambda: rds.xlen("axiom:core:events") == 100, what="first 100")
         pg_server.restart()
@@ -255,7 +255,7 @@ def test_metrics_endpoint_exports_the_seed_metrics(
 
     port = free_port()
     with relay(settings, CDC_METRICS_PORT=str(port), CDC_METRICS_SAMPLE_S="0.2"):
-        wait_for(lambda: _active(pg_dsn, settings.slot), what="relay to hold the slot")
+        wait_for(lambda: slot_active(pg_dsn, settings.slot), what="relay to hold the slot")
         insert_cases(pg_dsn, 30)
         wait_for(lambda: rds.xlen("axiom:core:events") == 30, what="30 entries")
 
