@@ -2,7 +2,7 @@
 
 One session holds the slot until an error; `run()` decides (errors.policy) whether to
 retry with backoff, stand by for a busy slot, or stop with a hint. A replayed session
-is harmless: publishes are deduplicated in Redis by (commit LSN, position).
+is harmless: publishes are deduplicated in Redis by (slot epoch, commit LSN, position).
 """
 
 from __future__ import annotations
@@ -45,9 +45,11 @@ class Prepare:
 
     def check(self, ev: OutboxEvent) -> str:
         """Return the event's stream, or raise EventError; note its idempotency key."""
-        size = len(ev.payload.encode())
-        if size > self.max_bytes:
-            raise EventError(f"payload is {size} bytes, over {self.max_bytes}")
+        # UTF-8 takes at most 4 bytes a character: encode only when it could matter.
+        if len(ev.payload) * 4 > self.max_bytes:
+            size = len(ev.payload.encode())
+            if size > self.max_bytes:
+                raise EventError(f"payload is {size} bytes, over {self.max_bytes}")
         stream = self.router.route(ev.event_type)
         ev.idempotency_key = self.registry.validate_json(ev.event_type, ev.payload)
         return stream
