@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import signal
+import threading
 from collections.abc import Callable
+from types import FrameType
 
 from cdc.errors import ConfigError
 
@@ -19,3 +23,19 @@ def checked(parse: Callable[[str], object]) -> Callable[[str], str]:
         return text
 
     return check
+
+
+def stop_on_signals(
+    note: str | None = None, *, log: logging.Logger | None = None
+) -> threading.Event:
+    """Return an event that SIGTERM or SIGINT sets (logging `note` to `log` when given)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if note:
+            (log or logging.getLogger("cdc")).info("%s: %s", signal.Signals(signum).name, note)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return stop

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-import threading
-from types import FrameType
 
 import orjson
 from prometheus_client import start_http_server
 
+from cdc.commands import stop_on_signals
 from cdc.consumer import Consumer, Entry, consumer_registry
 from cdc.settings import Settings
 
@@ -44,13 +42,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Consume until SIGTERM/SIGINT, --count or --timeout."""
-    stop = threading.Event()
-
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals()
 
     def show(entry: Entry) -> None:
         if args.quiet:

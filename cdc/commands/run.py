@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
-import threading
-from types import FrameType
 
+from cdc.commands import stop_on_signals
 from cdc.metrics import Metrics
 from cdc.relay import Relay
 from cdc.sampler import Sampler
@@ -28,14 +26,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run the relay until SIGTERM/SIGINT (or until drained with --once)."""
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("%s: finishing in-flight batches, then exiting", signal.Signals(signum).name)
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals("finishing in-flight batches, then exiting", log=log)
     metrics = Metrics()
     metrics.serve(settings.metrics_port)
     if settings.metrics_port:

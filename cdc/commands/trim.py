@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import signal
-import threading
 from dataclasses import asdict
-from types import FrameType
 
 import orjson
 from prometheus_client import start_http_server
 
+from cdc.commands import stop_on_signals
 from cdc.route import Router
 from cdc.settings import Settings
 from cdc.trim import Trimmer, trim_registry
@@ -38,13 +36,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     streams = args.stream or Router(settings.routes).streams()
     trimmer = Trimmer(redis_url=settings.redis_url.get_secret_value(), streams=streams,
                       cap=args.cap)
-    stop = threading.Event()
-
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    stop = stop_on_signals()
     if args.metrics_port:
         start_http_server(args.metrics_port, registry=trim_registry(trimmer))
     alarm = False
