@@ -28,7 +28,7 @@ from cdc.route import Router
 from cdc.settings import Settings
 from cdc.sink import DLQ_FIELDS, RedisSink
 from cdc.source import Keepalive, ReplicationStream
-from cdc.writeback import WriteBack, mark_published
+from cdc.writeback import WriteBack, id_list, mark_published
 
 log = logging.getLogger(__name__)
 STATUS_MIN_INTERVAL = 0.01
@@ -127,7 +127,7 @@ class Publisher:
             writeback.submit(batch.published_ids, batch.confirm_lsn)
         elif self.mark_published and batch.published_ids:
             with self.conn.transaction():
-                self.conn.execute(self._update, (batch.published_ids,))
+                self.conn.execute(self._update, (id_list(batch.published_ids),))
         if batch.events:
             age = max(0.0, commit_age(batch.events[-1].commit_time))
             self.metrics.ack_latency.observe(age)

@@ -19,15 +19,27 @@ from cdc.errors import SourceError
 
 
 def mark_published(table: str) -> sql.Composed:
-    """Return the UPDATE that marks acknowledged rows (ids as one uuid[] parameter)."""
+    """Return the UPDATE that marks acknowledged rows; its parameter is `id_list(ids)`.
+
+    The ids travel as one comma-separated text: dumping a Python list as an array costs
+    the relay ~1 µs an id, the join almost nothing.
+    """
     return sql.SQL(
         "UPDATE {} SET status = 'PUBLISHED', published_at = now()"
-        " WHERE id = ANY(%s::uuid[]) AND status IN ('PENDING', 'FAILED')"
+        " WHERE id = ANY(string_to_array(%s, ',')::uuid[]) AND status IN ('PENDING', 'FAILED')"
     ).format(db.table_ident(table))
 
 
+def id_list(ids: list[str]) -> str:
+    """Return `ids` (uuids, never holding a comma) as the parameter of `mark_published`."""
+    return ",".join(ids)
+
+
+COALESCE_IDS = 5000  # at most this many ids in one UPDATE when batches queue up
+
+
 class WriteBack:
-    """A thread that runs one UPDATE per acknowledged batch, in order."""
+    """A thread that marks acknowledged batches in order: one UPDATE per batch or fewer."""
 
     def __init__(self, dsn: str, *, table: str, start_lsn: int) -> None:
         self._update = mark_published(table)
@@ -71,11 +83,24 @@ class WriteBack:
         self.check()
 
     def _run(self) -> None:
-        while (item := self._queue.get()) is not None:
-            ids, lsn = item
+        stopping = False
+        while not stopping and (item := self._queue.get()) is not None:
+            ids, lsn, count = list(item[0]), item[1], 1
+            # Batches queued meanwhile join this statement: under load fewer, larger
+            # UPDATEs; at a trickle (one event per batch) fewer round trips.
+            while len(ids) < COALESCE_IDS:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                ids += more[0]
+                lsn, count = max(lsn, more[1]), count + 1
             try:
                 if ids:
-                    self._conn.execute(self._update, (ids,))
+                    self._conn.execute(self._update, (id_list(ids),))
             except Exception as e:  # any failure must reach the relay loop
                 with self._cond:
                     self.error = " ".join(str(e).split()) or type(e).__name__
@@ -83,7 +108,7 @@ class WriteBack:
                 return
             with self._cond:
                 self._done_lsn = max(self._done_lsn, lsn)
-                self._pending -= 1
+                self._pending -= count
                 self._cond.notify_all()
 
     def close(self, timeout: float = 5.0) -> None:
