@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 import redis
@@ -16,6 +18,7 @@ from cdc.route import Router
 from cdc.settings import Settings
 
 log = logging.getLogger(__name__)
+PENDING_WINDOW = timedelta(seconds=60)
 
 
 class Sampler(threading.Thread):
@@ -30,9 +33,6 @@ class Sampler(threading.Thread):
         self._stop_event = stop
         self._interval = interval
         self._streams = Router(settings.routes).streams()
-        self._pending = sql.SQL("SELECT count(*) FROM {} WHERE status = 'PENDING'").format(
-            db.table_ident(settings.outbox_table)
-        )
 
     def run(self) -> None:
         """Sample until stopped."""
@@ -68,6 +68,29 @@ class Sampler(threading.Thread):
             if row and row[0] is not None:
                 self._m.slot_lag_bytes.set(int(row[0]))
             if self._s.mark_published:
-                pending = conn.execute(self._pending).fetchone()
-                if pending:
-                    self._m.pending.set(int(pending[0]))
+                self._m.pending.set(count_pending(conn, self._s.outbox_table))
+
+
+def count_pending(conn: psycopg.Connection[Any], table: str) -> int:
+    """Count PENDING rows created after the newest PUBLISHED one, less PENDING_WINDOW.
+
+    No index mentions `status` (005: it would keep the write-back from being a HOT
+    update), so both steps walk the created_at index: the newest rows back to the
+    first PUBLISHED one, then the rows since that bound; O(pending) either way.
+    Rows are published in commit order, so an older PENDING row belongs to a
+    transaction that ran longer than the window; `cdc status` counts every row.
+    """
+    ident = db.table_ident(table)
+    row = conn.execute(
+        sql.SQL(
+            "SELECT created_at FROM {} WHERE status = 'PUBLISHED' ORDER BY created_at DESC LIMIT 1"
+        ).format(ident)
+    ).fetchone()
+    bound = row[0] - PENDING_WINDOW if row else datetime.min.replace(tzinfo=UTC)
+    count = conn.execute(
+        sql.SQL("SELECT count(*) FROM {} WHERE status = 'PENDING' AND created_at > %s").format(
+            ident
+        ),
+        (bound,),
+    ).fetchone()
+    return int(count[0]) if count else 0
