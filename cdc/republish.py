@@ -9,17 +9,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import orjson
 import redis
 
+from cdc import luascripts
 from cdc.redisconn import redis_errors
 from cdc.sink import ENTRY_FIELDS
 
 REPLAY_FIELDS = (*ENTRY_FIELDS, "replay")
-REPLAY_LUA = resources.files("cdc").joinpath("lua/replay.lua").read_text()
+REPLAY_LUA = luascripts.source("replay")
 
 
 @dataclass(frozen=True, slots=True)

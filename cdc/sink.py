@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import select
 from collections.abc import Iterable
-from importlib import resources
 from typing import Any
 
 import orjson
 import redis
 from redis.connection import ConnectionPool
 
-from cdc import keys
+from cdc import keys, luascripts
 from cdc.errors import ConfigError, SinkError
 
 ENTRY_FIELDS = (
@@ -25,7 +24,7 @@ ENTRY_FIELDS = (
 )
 DLQ_FIELDS = (*ENTRY_FIELDS, "error", "original_stream")
 _NAMES = {ENTRY_FIELDS: orjson.dumps(ENTRY_FIELDS), DLQ_FIELDS: orjson.dumps(DLQ_FIELDS)}
-PUBLISH_LUA = resources.files("cdc").joinpath("lua/publish.lua").read_text()
+PUBLISH_LUA = luascripts.source("publish")
 
 
 def _translate(e: Exception, what: str) -> SinkError:

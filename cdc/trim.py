@@ -12,17 +12,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from importlib import resources
 from typing import Any
 
 import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from cdc import luascripts
 from cdc.errors import SinkError
 
 log = logging.getLogger(__name__)
-TRIM_LUA = resources.files("cdc").joinpath("lua/trim.lua").read_text()
+TRIM_LUA = luascripts.source("trim")
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,16 +10,7 @@ local hwm = redis.call('GET', KEYS[2]) or ''
 local names = cjson.decode(ARGV[2])
 local entries = cjson.decode(ARGV[3])
 local n = #names
-local args = {}
-if tonumber(ARGV[1]) > 0 then
-  args = {'MAXLEN', '~', ARGV[1], '*'}
-else
-  args = {'*'}
-end
-local base = #args
-for j = 1, n do
-  args[base + 2 * j - 1] = names[j]
-end
+local args, base = xadd_args(ARGV[1], names)
 local last = hwm
 local added = 0
 for _, e in ipairs(entries) do
