@@ -29,9 +29,10 @@ import redis
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from cdc import keys
+from cdc import keys, redisconn
 from cdc.backoff import Backoff
 from cdc.errors import SinkError
+from cdc.redisconn import translate
 
 log = logging.getLogger(__name__)
 
@@ -83,10 +84,6 @@ def default_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
-def _sink_error(e: Exception, what: str) -> SinkError:
-    return SinkError(f"Redis {what} failed: {e}", hint="check CDC_REDIS_URL and that Redis is up")
-
-
 class Consumer:
     """Read `streams` as `consumer` of `group` and hand each entry to `handler`."""
 
@@ -126,10 +123,7 @@ class Consumer:
         self._errors: dict[str, str] = {}  # entry id -> last handler error (this process)
         self._next_claim = 0.0
         self._cursor = dict.fromkeys(self.streams, "0-0")
-        self._r: redis.Redis = redis.Redis.from_url(
-            redis_url, decode_responses=True,
-            socket_timeout=block_ms / 1000 + 10, socket_connect_timeout=5,
-        )
+        self._r = redisconn.client(redis_url, timeout=block_ms / 1000 + 10)
 
     def ensure_groups(self) -> None:
         """Create the group on every stream (MKSTREAM) unless it exists."""
@@ -138,9 +132,9 @@ class Consumer:
                 self._r.xgroup_create(stream, self.group, id=self.start_id, mkstream=True)
             except redis.ResponseError as e:
                 if "BUSYGROUP" not in str(e):
-                    raise _sink_error(e, "XGROUP CREATE") from None
+                    raise translate(e, "XGROUP CREATE") from None
             except (redis.RedisError, OSError) as e:
-                raise _sink_error(e, "XGROUP CREATE") from None
+                raise translate(e, "XGROUP CREATE") from None
 
     def run(self, *, limit: int | None = None, timeout: float | None = None) -> ConsumerStats:
         """Consume until stopped, `limit` entries acked, or `timeout` seconds; return the stats."""
@@ -183,9 +177,9 @@ class Consumer:
                 log.warning("group %s vanished (%s); re-creating it", self.group, e)
                 self.ensure_groups()
                 return 0
-            raise _sink_error(e, "XREADGROUP") from None
+            raise translate(e, "XREADGROUP") from None
         except (redis.RedisError, OSError) as e:
-            raise _sink_error(e, "XREADGROUP") from None
+            raise translate(e, "XREADGROUP") from None
 
     def _read(self, block_ms: int) -> int:
         reply: Any = self._r.xreadgroup(

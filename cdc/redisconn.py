@@ -1,4 +1,4 @@
-"""Redis clients for operator commands, with library errors translated at the edge."""
+"""Redis clients and the one translation of redis-py errors into SinkError/ConfigError."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
-from cdc.errors import SinkError
+from cdc.errors import ConfigError, SinkError
+
+HINT = "check CDC_REDIS_URL and that Redis is up"
 
 
 def redact_url(url: str) -> str:
@@ -24,28 +26,49 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=""))
 
 
+def translate(e: Exception, what: str) -> SinkError:
+    """Return the SinkError for a redis-py (or socket) error `e` raised by `what`."""
+    if isinstance(e, redis.ResponseError) and "OOM" in str(e):
+        return SinkError(
+            f"Redis refused {what}: {e}",
+            hint="Redis is full: raise maxmemory, trim streams (`cdc trim`), or add memory",
+        )
+    return SinkError(f"Redis {what} failed: {e}", hint=HINT)
+
+
 @contextmanager
 def redis_errors(what: str) -> Iterator[None]:
     """Translate redis-py errors raised inside the block into SinkError."""
     try:
         yield
     except (redis.RedisError, OSError) as e:
-        raise SinkError(
-            f"Redis {what} failed: {e}", hint="check CDC_REDIS_URL and that Redis is up"
-        ) from None
+        raise translate(e, what) from None
+
+
+def bad_url() -> ConfigError:
+    """Return the error for a URL redis-py cannot parse (its message would echo the URL)."""
+    return ConfigError(
+        "CDC_REDIS_URL is not a valid Redis URL", hint="use redis://[:password@]host:port/db"
+    )
+
+
+def client(url: str, *, timeout: float, decode: bool = True) -> redis.Redis:
+    """Return a client (not yet connected) with these socket timeouts, or raise ConfigError."""
+    try:
+        return redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=min(timeout, 5.0),
+            decode_responses=decode,
+        )
+    except ValueError:
+        raise bad_url() from None
 
 
 def connect(url: str, *, timeout: float = 5.0) -> redis.Redis:
     """Return a client (responses decoded) that answered PING, or raise SinkError."""
-    client = redis.Redis.from_url(
-        url, socket_timeout=timeout, socket_connect_timeout=timeout, decode_responses=True
-    )
+    r = client(url, timeout=timeout)
     try:
-        client.ping()
+        r.ping()
     except (redis.RedisError, OSError) as e:
-        client.close()
-        raise SinkError(
-            f"CDC_REDIS_URL: cannot reach {redact_url(url)}: {e}",
-            hint="check CDC_REDIS_URL and that Redis is up",
-        ) from None
-    return client
+        r.close()
+        raise SinkError(f"CDC_REDIS_URL: cannot reach {redact_url(url)}: {e}", hint=HINT) from None
+    return r

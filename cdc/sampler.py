@@ -12,7 +12,7 @@ import psycopg
 import redis
 from psycopg import sql
 
-from cdc import db, keys
+from cdc import db, keys, redisconn
 from cdc.metrics import Metrics
 from cdc.route import Router
 from cdc.settings import Settings
@@ -45,7 +45,7 @@ class Sampler(threading.Thread):
     def sample(self) -> None:
         """Take one sample of every gauge."""
         with contextlib.closing(
-            redis.Redis.from_url(self._s.redis_url.get_secret_value(), socket_timeout=2)
+            redisconn.client(self._s.redis_url.get_secret_value(), timeout=2, decode=False)
         ) as r:
             self._m.dlq_depth.set(int(r.xlen(keys.DLQ)))
             for stream in self._streams:

@@ -16,7 +16,7 @@ import redis
 from redis.connection import ConnectionPool
 
 from cdc import keys, luascripts
-from cdc.errors import ConfigError, SinkError
+from cdc.redisconn import bad_url, translate
 
 ENTRY_FIELDS = (
     "event_id", "event_type", "aggregate_type", "aggregate_id", "tenant_id",
@@ -25,15 +25,6 @@ ENTRY_FIELDS = (
 DLQ_FIELDS = (*ENTRY_FIELDS, "error", "original_stream")
 _NAMES = {ENTRY_FIELDS: orjson.dumps(ENTRY_FIELDS), DLQ_FIELDS: orjson.dumps(DLQ_FIELDS)}
 PUBLISH_LUA = luascripts.source("publish")
-
-
-def _translate(e: Exception, what: str) -> SinkError:
-    if isinstance(e, redis.ResponseError) and "OOM" in str(e):
-        return SinkError(
-            f"Redis refused {what}: {e}",
-            hint="Redis is full: raise maxmemory, trim streams (`cdc trim`), or add memory",
-        )
-    return SinkError(f"Redis {what} failed: {e}", hint="check CDC_REDIS_URL and that Redis is up")
 
 
 class RedisSink:
@@ -45,9 +36,7 @@ class RedisSink:
                 url, socket_timeout=timeout, socket_connect_timeout=timeout
             )
         except ValueError:  # the message would echo the URL, password included
-            raise ConfigError(
-                "CDC_REDIS_URL is not a valid Redis URL", hint="use redis://[:password@]host:port/db"
-            ) from None
+            raise bad_url() from None
         self._maxlen = maxlen
         self._conn: Any = None
         self._sha = ""
@@ -62,7 +51,7 @@ class RedisSink:
             self._sha = self._conn.read_response().decode()
         except (redis.RedisError, OSError) as e:
             self.close()
-            raise _translate(e, "connect") from None
+            raise translate(e, "connect") from None
 
     def ensure_groups(self, streams: Iterable[str], groups: Iterable[str]) -> None:
         """Create each consumer group on each stream (MKSTREAM), ignoring existing ones."""
@@ -74,9 +63,9 @@ class RedisSink:
                     self._conn.read_response()
                 except redis.ResponseError as e:
                     if "BUSYGROUP" not in str(e):
-                        raise _translate(e, "XGROUP CREATE") from None
+                        raise translate(e, "XGROUP CREATE") from None
                 except (redis.RedisError, OSError) as e:
-                    raise _translate(e, "XGROUP CREATE") from None
+                    raise translate(e, "XGROUP CREATE") from None
 
     def send(self, by_stream: dict[str, list[list[str]]], names: dict[str, tuple[str, ...]]) -> int:
         """Write one EVALSHA per stream without waiting; return how many replies to read.
@@ -92,7 +81,7 @@ class RedisSink:
         try:
             self._conn.send_packed_command(self._conn.pack_commands(cmds), check_health=False)
         except (redis.RedisError, OSError) as e:
-            raise _translate(e, "XADD") from None
+            raise translate(e, "XADD") from None
         return len(cmds)
 
     def wait(self, other_fd: int, timeout: float) -> bool:
@@ -105,7 +94,7 @@ class RedisSink:
                 raise redis.ConnectionError("connection closed")
             readable, _, _ = select.select([sock, other_fd], [], [], timeout)
         except (redis.RedisError, OSError, ValueError) as e:  # Redis went away while we waited
-            raise _translate(e, "XADD") from None
+            raise translate(e, "XADD") from None
         return sock in readable
 
     def read_replies(self, n: int) -> int:
@@ -115,7 +104,7 @@ class RedisSink:
             for _ in range(n):
                 added += int(self._conn.read_response())
         except (redis.RedisError, OSError) as e:
-            raise _translate(e, "XADD") from None
+            raise translate(e, "XADD") from None
         return added
 
     def close(self) -> None:

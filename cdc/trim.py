@@ -18,8 +18,7 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from cdc import luascripts
-from cdc.errors import SinkError
+from cdc import luascripts, redisconn
 
 log = logging.getLogger(__name__)
 TRIM_LUA = luascripts.source("trim")
@@ -45,9 +44,7 @@ class Trimmer:
         self.cap = cap
         self.removed_total = dict.fromkeys(self.streams, 0)
         self.last: dict[str, TrimResult] = {}
-        self._r: redis.Redis = redis.Redis.from_url(
-            redis_url, decode_responses=True, socket_timeout=30, socket_connect_timeout=5
-        )
+        self._r = redisconn.client(redis_url, timeout=30)
         self._script = self._r.register_script(TRIM_LUA)
 
     def trim_once(self) -> list[TrimResult]:
@@ -57,10 +54,7 @@ class Trimmer:
             try:
                 reply: Any = self._script(keys=[stream])
             except (redis.RedisError, OSError) as e:
-                raise SinkError(
-                    f"Redis trim of {stream} failed: {e}",
-                    hint="check CDC_REDIS_URL and that Redis is up",
-                ) from None
+                raise redisconn.translate(e, f"trim of {stream}") from None
             removed, min_id, length, holder = int(reply[0]), str(reply[1]), int(reply[2]), reply[3]
             over = self.cap > 0 and length > self.cap
             result = TrimResult(stream, removed, min_id, length, str(holder), over)
