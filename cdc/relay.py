@@ -7,6 +7,7 @@ is harmless: publishes are deduplicated in Redis by (slot epoch, commit LSN, pos
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -42,16 +43,20 @@ class Prepare:
         self.router = Router(settings.routes)
         self.registry = Registry(unknown=settings.unknown_events)
         self.max_bytes = settings.max_event_bytes
+        self._streams: dict[str, str] = {}  # routed event types: a dict hit, not a call
 
     def check(self, ev: OutboxEvent) -> str:
         """Return the event's stream, or raise EventError; note its idempotency key."""
+        payload, event_type = ev.payload, ev.event_type
         # UTF-8 takes at most 4 bytes a character: encode only when it could matter.
-        if len(ev.payload) * 4 > self.max_bytes:
-            size = len(ev.payload.encode())
+        if len(payload) * 4 > self.max_bytes:
+            size = len(payload.encode())
             if size > self.max_bytes:
                 raise EventError(f"payload is {size} bytes, over {self.max_bytes}")
-        stream = self.router.route(ev.event_type)
-        ev.idempotency_key = self.registry.validate_json(ev.event_type, ev.payload)
+        stream = self._streams.get(event_type)
+        if stream is None:
+            stream = self._streams[event_type] = self.router.route(event_type)
+        ev.idempotency_key = self.registry.validate_json(event_type, payload)
         return stream
 
 
@@ -91,6 +96,7 @@ class Publisher:
         by_stream: dict[str, list[list[str]]] = {}
         names: dict[str, tuple[str, ...]] = {}
         check = self.prepare.check
+        published = batch.published_ids.append
         for ev in batch.events:
             try:
                 stream = check(ev)
@@ -104,8 +110,11 @@ class Publisher:
                     names[keys.DLQ] = DLQ_FIELDS
                     continue
                 stream = maybe
-            by_stream.setdefault(stream, []).append(entry(ev))
-            batch.published_ids.append(ev.event_id)
+            entries = by_stream.get(stream)
+            if entries is None:
+                entries = by_stream[stream] = []
+            entries.append(entry(ev))
+            published(ev.event_id)
         batch.replies = self.sink.send(by_stream, names) if by_stream else 0
 
     def _stream_or(self, ev: OutboxEvent) -> str:
@@ -190,35 +199,43 @@ class Session:
         decoder, read, feed = self.decoder, stream.read, self.decoder.feed
         batch = self.batch
         seen = 0
-        while True:
-            msg = read()
-            if msg is None:
-                if self._idle(stream, pub, cp):
-                    return
-                batch = self.batch
-                continue
-            if type(msg) is Keepalive:
-                if not decoder.in_transaction and not batch:
-                    cp.idle(msg.wal_end)
-                if msg.reply_requested:
-                    self._status(stream, cp)
-                continue
-            item = feed(msg)  # type: ignore[arg-type]
-            if type(item) is OutboxEvent:
-                batch.append(item)
-                if len(batch) >= batch_size:
-                    self._seal(pub, cp)
+        # What exists now (modules, settings, connections) outlives the loop: frozen, it is
+        # not re-scanned by every full collection the events' garbage triggers (about
+        # 0.3 us an event). Unfrozen on the way out, so it can be collected again.
+        gc.collect()
+        gc.freeze()
+        try:
+            while True:
+                msg = read()
+                if msg is None:
+                    if self._idle(stream, pub, cp):
+                        return
                     batch = self.batch
-                    if len(cp.in_flight) >= max_in_flight:
-                        pub.ack(cp.acked(), self.wb)
-                        if time.monotonic() - self.sent_at > STATUS_MIN_INTERVAL:
-                            self._status(stream, cp)
-            elif isinstance(item, Commit):
-                cp.committed(item.end_lsn)
-            seen += 1
-            if not seen & 1023 and self.stop.is_set():
-                self._drain(stream, pub, cp)
-                return
+                    continue
+                if type(msg) is Keepalive:
+                    if not decoder.in_transaction and not batch:
+                        cp.idle(msg.wal_end)
+                    if msg.reply_requested:
+                        self._status(stream, cp)
+                    continue
+                item = feed(msg)  # type: ignore[arg-type]
+                if type(item) is OutboxEvent:
+                    batch.append(item)
+                    if len(batch) >= batch_size:
+                        self._seal(pub, cp)
+                        batch = self.batch
+                        if len(cp.in_flight) >= max_in_flight:
+                            pub.ack(cp.acked(), self.wb)
+                            if time.monotonic() - self.sent_at > STATUS_MIN_INTERVAL:
+                                self._status(stream, cp)
+                elif isinstance(item, Commit):
+                    cp.committed(item.end_lsn)
+                seen += 1
+                if not seen & 1023 and self.stop.is_set():
+                    self._drain(stream, pub, cp)
+                    return
+        finally:
+            gc.unfreeze()
 
     def _idle(self, stream: ReplicationStream, pub: Publisher, cp: Checkpoint) -> bool:
         """Nothing buffered: flush, ack, confirm, then wait; return True when done.

@@ -86,17 +86,17 @@ class ReplicationStream:
             n, buf = self._pg.get_copy_data(1)
         except psycopg.Error as e:
             raise SourceError(f"replication stream broke: {e}") from None
+        if n > 0:  # the common case first: one test per message
+            kind = buf[0]
+            if kind == 0x77:  # 'w': the header's positions are not needed, the JSON has them
+                return buf[25:]
+            if kind == 0x6B:  # 'k'
+                end, _, reply = _HDR_K.unpack_from(buf, 1)
+                return Keepalive(end, bool(reply))
+            raise SourceError(f"unexpected replication message type {chr(kind)!r}")
         if n == 0:
             return None
-        if n < 0:
-            raise SourceError(f"replication stream ended: {self._error()}")
-        kind = buf[0]
-        if kind == 0x77:  # 'w': the header's positions are not needed, the JSON has them
-            return buf[25:]
-        if kind == 0x6B:  # 'k'
-            end, _, reply = _HDR_K.unpack_from(buf, 1)
-            return Keepalive(end, bool(reply))
-        raise SourceError(f"unexpected replication message type {chr(kind)!r}")
+        raise SourceError(f"replication stream ended: {self._error()}")
 
     def wait(self, timeout: float) -> None:
         """Block until the socket is readable or `timeout` passes, then take what arrived."""
