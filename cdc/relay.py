@@ -201,12 +201,15 @@ class Session:
         seen = 0
         # What exists now (modules, settings, connections) outlives the loop: frozen, it is
         # not re-scanned by every full collection the events' garbage triggers (about
-        # 0.3 us an event). Unfrozen on the way out, so it can be collected again.
+        # 0.3 us an event). Collected first so no garbage is frozen; unfrozen on the way out.
         gc.collect()
         gc.freeze()
         try:
             while True:
-                msg = read()
+                # Mid-transaction the rest is on its way and _idle would not seal: refill
+                # from the socket at once, not after polling Redis and select() (syscalls
+                # at every refill). Replies then wait for max_in_flight or a lull.
+                msg = read(decoder.in_transaction)
                 if msg is None:
                     if self._idle(stream, pub, cp):
                         return

@@ -77,9 +77,10 @@ class ReplicationStream:
         self._pg = self._conn.pgconn
         self.fileno = self._pg.socket
 
-    def read(self) -> memoryview | Keepalive | None:
+    def read(self, refill: bool = False) -> memoryview | Keepalive | None:
         """Return the next message if one is buffered, else None (never blocks).
 
+        With `refill`, an empty buffer is first refilled with what the socket holds.
         XLogData comes back as its payload (the wal2json JSON), keepalives as Keepalive.
         """
         try:
@@ -95,6 +96,9 @@ class ReplicationStream:
                 return Keepalive(end, bool(reply))
             raise SourceError(f"unexpected replication message type {chr(kind)!r}")
         if n == 0:
+            if refill:
+                self.consume()
+                return self.read()
             return None
         raise SourceError(f"replication stream ended: {self._error()}")
 
