@@ -15,6 +15,7 @@ test: bootstrap
 
 bench: bootstrap
 	$(VENV)/python -m bench.bench_relay
+	$(VENV)/python -m bench.bench_writeback
 	$(VENV)/python -m bench.bench_case_stats
 	$(VENV)/python -m bench.bench_consumer
 

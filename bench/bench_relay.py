@@ -1,12 +1,13 @@
 """Relay benchmarks, all in one run on throwaway local servers (issue 3).
 
 1. Drain a backlog: the same WAL read by (a) a bare slot reader with no sink, (b) the relay
-   with write-back off, (c) with write-back on; relay CPU per event and peak RSS.
+   with write-back off, (c) with write-back on; relay CPU per event and peak RSS. Repeated
+   `--rounds` times on a fresh backlog; medians reported.
 2. Steady 1000 events/s: commit → entry readable by a separate XREAD BLOCK client, p50/p99,
    write-back off and on.
 3. The seed's polling relay as a reference, same machine, same run.
 
-    .venv/bin/python -m bench.bench_relay [--events 200000] [--seconds 10]
+    .venv/bin/python -m bench.bench_relay [--events 200000] [--seconds 10] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -201,48 +202,68 @@ def start_poller(dsn: str, redis_url: str) -> Any:
     return halt
 
 
+def drain_round(dsn: str, redis_url: str, base: Settings, n: int, no: int) -> dict[str, Any]:
+    """Commit a backlog of `n`, read it bare, then drain it with write-back off and on.
+
+    Each drain's ratio is to the bare read of the same round; the machine's speed drifts
+    between rounds (a shared 2-core VM), so main() reports medians over rounds.
+    """
+    names = {"raw": f"bench_raw_{no}", "off": f"bench_off_{no}", "on": f"bench_on_{no}"}
+    for slot in names.values():
+        slots.create(base.model_copy(update={"slot": slot}))
+    t0 = time.perf_counter()
+    backlog(dsn, n, f"b{no}")
+    took = time.perf_counter() - t0
+    print(f"round {no + 1}: backlog of {n} committed in {took:.1f}s", flush=True)
+    raw = raw_read(dsn, names["raw"], n)
+    print(f"  bare slot read (no sink): {raw:,.0f} events/s", flush=True)
+    result: dict[str, Any] = {"raw": raw}
+    for key in ("off", "on"):
+        res = relay_drain(dsn, redis_url, names[key], n, key == "on")
+        res["ratio"], res["ratio_with_startup"] = res["rate"] / raw, res["rate_with_startup"] / raw
+        result[key] = res
+        print(
+            f"  relay drain, write-back {key}: {res['rate']:,.0f} events/s"
+            f" = {res['ratio']:.2f} x bare read"
+            f" ({res['rate_with_startup']:,.0f} = {res['ratio_with_startup']:.2f} x"
+            " counting process start-up);"
+            f" CPU {res['cpu_us']:.1f} us/event (+{res['startup_cpu_s']:.2f}s start-up);"
+            f" peak RSS {res['rss_mib']:.0f} MiB",
+            flush=True,
+        )
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for slot in names.values():
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        conn.execute("TRUNCATE event_outbox")
+        conn.execute("CHECKPOINT")
+    return result
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--poll-events", type=int, default=20_000)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     n = args.events
     out: dict[str, Any] = {"events": n}
     with LocalPostgres() as pg, LocalRedis() as rd:
         migrate.apply(pg.dsn, SQL_DIR)
         base = Settings(database_url=pg.dsn)  # type: ignore[arg-type]
-        for slot in ("bench_raw", "bench_off", "bench_on", "bench_raw2"):
-            slots.create(base.model_copy(update={"slot": slot}))
-        t0 = time.perf_counter()
-        backlog(pg.dsn, n, "b")
-        print(f"backlog: {n} events committed in {time.perf_counter() - t0:.1f}s", flush=True)
-        # The bare read is measured before and after the relay runs (it varies run to run);
-        # ratios use the mean of the two.
-        raw_before = raw_read(pg.dsn, "bench_raw", n)
-        print(f"bare slot read (no sink), before: {raw_before:,.0f} events/s", flush=True)
-        drains = {}
-        for mark, slot in ((False, "bench_off"), (True, "bench_on")):
-            drains["on" if mark else "off"] = relay_drain(pg.dsn, rd.url, slot, n, mark)
-        raw_after = raw_read(pg.dsn, "bench_raw2", n)
-        print(f"bare slot read (no sink), after: {raw_after:,.0f} events/s", flush=True)
-        out["raw_rate"] = raw = (raw_before + raw_after) / 2
-        out["raw_before"], out["raw_after"] = raw_before, raw_after
-        for key, res in drains.items():
+        rounds = [drain_round(pg.dsn, rd.url, base, n, i) for i in range(args.rounds)]
+        out["rounds"] = rounds
+        print(f"median of {len(rounds)} rounds:", flush=True)
+        for key in ("off", "on"):
+            res = {k: statistics.median(r[key][k] for r in rounds) for k in rounds[0][key]}
             out[f"drain_{key}"] = res
             print(
-                f"relay drain, write-back {key}: {res['rate']:,.0f} events/s"
-                f" = {res['rate'] / raw:.2f} x bare read"
-                f" ({res['rate_with_startup']:,.0f} = {res['rate_with_startup'] / raw:.2f} x"
-                " counting process start-up);"
-                f" CPU {res['cpu_us']:.1f} us/event (+{res['startup_cpu_s']:.2f}s start-up);"
-                f" peak RSS {res['rss_mib']:.0f} MiB",
+                f"  relay drain, write-back {key}: {res['rate']:,.0f} events/s ="
+                f" {res['ratio']:.2f} x bare read ({res['ratio_with_startup']:.2f} x counting"
+                f" process start-up); CPU {res['cpu_us']:.1f} us/event; peak RSS"
+                f" {res['rss_mib']:.0f} MiB",
                 flush=True,
             )
-        with psycopg.connect(pg.dsn, autocommit=True) as conn:
-            for slot in ("bench_raw", "bench_off", "bench_on", "bench_raw2"):
-                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-            conn.execute("TRUNCATE event_outbox")
         for mark in (False, True):
             slot = f"lat_{'on' if mark else 'off'}"
             slots.create(base.model_copy(update={"slot": slot}))

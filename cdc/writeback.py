@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
+import time
 
 import psycopg
 from psycopg import sql
@@ -36,6 +37,7 @@ def id_list(ids: list[str]) -> str:
 
 
 COALESCE_IDS = 5000  # at most this many ids in one UPDATE when batches queue up
+LINGER_S = 0.01  # how long a write-back waits for more batches to join it
 
 
 class WriteBack:
@@ -86,11 +88,14 @@ class WriteBack:
         stopping = False
         while not stopping and (item := self._queue.get()) is not None:
             ids, lsn, count = list(item[0]), item[1], 1
-            # Batches queued meanwhile join this statement: under load fewer, larger
-            # UPDATEs; at a trickle (one event per batch) fewer round trips.
+            # Batches acknowledged within LINGER_S join this statement. At a trickle (one
+            # event a batch) that is one UPDATE, one transaction, for many events: each
+            # transaction costs PostgreSQL a commit and the relay a wakeup for its empty
+            # begin/commit pair from wal2json. Confirming the slot waits as long.
+            deadline = time.monotonic() + LINGER_S
             while len(ids) < COALESCE_IDS:
                 try:
-                    more = self._queue.get_nowait()
+                    more = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
                     break
                 if more is None:
