@@ -33,6 +33,7 @@ from cdc.writeback import WriteBack, id_list, mark_published
 
 log = logging.getLogger(__name__)
 STATUS_MIN_INTERVAL = 0.01
+WRITEBACK_RECHECK_S = 0.02  # a write-back lingers up to writeback.LINGER_S, then runs
 REPLY_TIMEOUT = 5.0  # a batch unanswered this long is read with a blocking, timed-out read
 
 
@@ -269,8 +270,8 @@ class Session:
             self.metrics.lag_seconds.set(0)
         if drained or self.stop.is_set():
             return True
-        if safe < cp.confirmed:  # write-back still running: look again soon
-            stream.wait(0.005)
+        if safe < cp.confirmed:  # write-back still running: look again once it may be done
+            stream.wait(WRITEBACK_RECHECK_S)
         else:
             stream.wait(self.s.status_interval_s if self.target is None else 0.05)
         return False
