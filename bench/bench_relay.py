@@ -76,6 +76,22 @@ def relay_env(dsn: str, redis_url: str, slot: str, mark: bool) -> dict[str, str]
     return env
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """Return (all, stolen) CPU ticks of this machine so far (Linux /proc/stat).
+
+    On a VM, "steal" is time the host gave our virtual CPUs to someone else: a round
+    with much of it measured a slower machine, so each round reports its share.
+    """
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(fields[:8]), fields[7]
+
+
+def steal_share(before: tuple[int, int]) -> float:
+    """Return the share of CPU time stolen since `before` (a cpu_ticks() reading)."""
+    total, stolen = cpu_ticks()
+    return (stolen - before[1]) / max(1, total - before[0])
+
+
 def cpu_seconds(pid: int) -> float:
     """Return the user + system CPU seconds process `pid` has used so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -218,6 +234,7 @@ def drain_round(dsn: str, redis_url: str, base: Settings, n: int, no: int) -> di
     between rounds (a shared 2-core VM), so main() reports medians over rounds.
     """
     names = {"raw": f"bench_raw_{no}", "off": f"bench_off_{no}", "on": f"bench_on_{no}"}
+    ticks = cpu_ticks()
     for slot in names.values():
         slots.create(base.model_copy(update={"slot": slot}))
     t0 = time.perf_counter()
@@ -240,6 +257,8 @@ def drain_round(dsn: str, redis_url: str, base: Settings, n: int, no: int) -> di
             f" peak RSS {res['rss_mib']:.0f} MiB",
             flush=True,
         )
+    result["steal"] = steal_share(ticks)
+    print(f"  CPU time stolen by the VM host during the round: {100 * result['steal']:.0f}%")
     with psycopg.connect(dsn, autocommit=True) as conn:
         for slot in names.values():
             conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
@@ -276,6 +295,7 @@ def main() -> None:
         for mark in (False, True):
             slot = f"lat_{'on' if mark else 'off'}"
             slots.create(base.model_copy(update={"slot": slot}))
+            ticks = cpu_ticks()
             lat = latency(
                 pg.dsn,
                 rd.url,
@@ -292,10 +312,12 @@ def main() -> None:
                 "p99": pct(lat, 99),
                 "max": max(lat),
                 "n": len(lat),
+                "steal": steal_share(ticks),
             }
             print(
                 f"relay latency @1000/s, write-back {key}: p50 {pct(lat, 50):.2f} ms,"
-                f" p99 {pct(lat, 99):.2f} ms, max {max(lat):.1f} ms ({len(lat)} events)",
+                f" p99 {pct(lat, 99):.2f} ms, max {max(lat):.1f} ms ({len(lat)} events;"
+                f" {100 * out[f'lat_{key}']['steal']:.0f}% of CPU time stolen by the VM host)",
                 flush=True,
             )
         # the seed's polling relay on the same machine
