@@ -29,7 +29,7 @@ from cdc.route import Router
 from cdc.settings import Settings
 from cdc.sink import DLQ_FIELDS, RedisSink
 from cdc.source import Keepalive, ReplicationStream
-from cdc.writeback import WriteBack, id_list, mark_published, origin_name
+from cdc.writeback import WriteBack, id_list, mark_published
 
 log = logging.getLogger(__name__)
 STATUS_MIN_INTERVAL = 0.01
@@ -177,14 +177,8 @@ class Session:
             start = slots.confirmed_lsn(conn, self.s.slot)
             self.target = slots.current_lsn(conn) if once else None
             if self.s.mark_published:
-                self.wb = WriteBack(
-                    dsn, table=self.s.outbox_table, start_lsn=start,
-                    origin=origin_name(self.s.slot),
-                )
-            stream = ReplicationStream(
-                dsn, slot=self.s.slot, table=self.s.outbox_table,
-                skip_origin=self.wb.origin_id if self.wb is not None else None,
-            )
+                self.wb = WriteBack(dsn, table=self.s.outbox_table, start_lsn=start)
+            stream = ReplicationStream(dsn, slot=self.s.slot, table=self.s.outbox_table)
             self.metrics.up.set(1)
             log.info("streaming slot %s from %s", self.s.slot, lsnlib.format(start))
             self._loop(stream, pub, Checkpoint(start))

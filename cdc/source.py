@@ -30,13 +30,8 @@ class Keepalive:
     reply_requested: bool
 
 
-def plugin_options(table: str, skip_origin: int | None = None) -> sql.Composed:
-    """Return the wal2json option list: format 2, inserts on the outbox table only.
-
-    Transactions committed under replication origin `skip_origin` (the relay's own
-    write-back) are skipped before decoding: the walsender neither rebuilds their
-    UPDATEs nor sends their empty begin/commit pairs.
-    """
+def plugin_options(table: str) -> sql.Composed:
+    """Return the wal2json option list: format 2, inserts on the outbox table only."""
     opts = {
         "format-version": "2",
         "add-tables": table,
@@ -46,8 +41,6 @@ def plugin_options(table: str, skip_origin: int | None = None) -> sql.Composed:
         "include-types": "false",
         "include-transaction": "true",
     }
-    if skip_origin is not None:
-        opts["filter-origins"] = str(skip_origin)
     return sql.SQL(", ").join(
         sql.SQL("{} {}").format(sql.Identifier(k), sql.Literal(v)) for k, v in opts.items()
     )
@@ -64,13 +57,11 @@ def replication_connect(dsn: str) -> db.Conn:
 class ReplicationStream:
     """A started logical replication stream on one slot."""
 
-    def __init__(
-        self, dsn: str, *, slot: str, table: str, skip_origin: int | None = None
-    ) -> None:
+    def __init__(self, dsn: str, *, slot: str, table: str) -> None:
         self._conn = replication_connect(dsn)
         # 0/0: start at the slot's confirmed_flush_lsn
         stmt = sql.SQL("START_REPLICATION SLOT {} LOGICAL 0/0 ({})").format(
-            sql.Identifier(slot), plugin_options(table, skip_origin)
+            sql.Identifier(slot), plugin_options(table)
         )
         try:
             self._conn.execute(stmt)

@@ -8,7 +8,6 @@ Redis ack and the UPDATE replays the batch (deduplicated in Redis) and marks it 
 from __future__ import annotations
 
 import contextlib
-import logging
 import queue
 import threading
 import time
@@ -18,8 +17,6 @@ from psycopg import sql
 
 from cdc import db
 from cdc.errors import SourceError
-
-log = logging.getLogger(__name__)
 
 
 def mark_published(table: str) -> sql.Composed:
@@ -39,35 +36,6 @@ def id_list(ids: list[str]) -> str:
     return ",".join(ids)
 
 
-def origin_name(slot: str) -> str:
-    """Return the replication origin the slot's write-back commits under."""
-    return f"axiom_cdc_writeback_{slot}"
-
-
-def _use_origin(conn: db.Conn, origin: str) -> int | None:
-    """Commit this session's UPDATEs under replication origin `origin`; return its id.
-
-    The relay's stream filters that origin out (source.plugin_options), so the walsender
-    skips the write-back's WAL instead of decoding it. Creating and using an origin takes
-    superuser or EXECUTE on pg_replication_origin_oid/_create/_session_setup; without
-    them (None) the write-back still works and wal2json decodes and drops its WAL.
-    """
-    try:
-        row = conn.execute("SELECT pg_replication_origin_oid(%s)", (origin,)).fetchone()
-        if row is None or row[0] is None:
-            row = conn.execute("SELECT pg_replication_origin_create(%s)", (origin,)).fetchone()
-        conn.execute("SELECT pg_replication_origin_session_setup(%s)", (origin,))
-    except (psycopg.errors.InsufficientPrivilege, psycopg.errors.ObjectInUse) as e:
-        log.info(
-            "write-back runs without replication origin %s (%s); to spare the walsender its"
-            " WAL: GRANT EXECUTE ON FUNCTION pg_replication_origin_oid(text),"
-            " pg_replication_origin_create(text), pg_replication_origin_session_setup(text)"
-            " TO <relay role>", origin, " ".join(str(e).split()),
-        )
-        return None
-    return int(row[0]) if row else None
-
-
 COALESCE_IDS = 5000  # at most this many ids in one UPDATE when batches queue up
 LINGER_S = 0.01  # how long a write-back waits for more batches to join it
 
@@ -75,11 +43,10 @@ LINGER_S = 0.01  # how long a write-back waits for more batches to join it
 class WriteBack:
     """A thread that marks acknowledged batches in order: one UPDATE per batch or fewer."""
 
-    def __init__(self, dsn: str, *, table: str, start_lsn: int, origin: str = "") -> None:
+    def __init__(self, dsn: str, *, table: str, start_lsn: int) -> None:
         self._update = mark_published(table)
         self._conn = db.connect(dsn, autocommit=True)
         self._conn.execute("SET statement_timeout = '30s'")
-        self.origin_id = _use_origin(self._conn, origin) if origin else None
         self._queue: queue.Queue[tuple[list[str], int] | None] = queue.Queue(maxsize=64)
         self._cond = threading.Condition()
         self._pending = 0

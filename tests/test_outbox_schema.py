@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 
 from cdc.sampler import count_pending
-from cdc.writeback import WriteBack, id_list, mark_published
+from cdc.writeback import id_list, mark_published
 
 INSERT = (
     "INSERT INTO event_outbox (tenant_id, aggregate_type, aggregate_id, event_type, payload,"
@@ -53,26 +53,3 @@ def test_pending_gauge_counts_rows_newer_than_the_published_ones(pg_dsn: str) ->
         # than the window, rows from a write-back-off period) are left to `cdc status`.
         statuses = dict(conn.execute("SELECT status, count(*) FROM event_outbox GROUP BY 1"))
         assert statuses == {"PENDING": 22, "PUBLISHED": 50}
-
-
-def test_write_back_without_origin_privileges_still_marks_rows(pg_dsn: str) -> None:
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        ids = add(conn, 30)
-        conn.execute("CREATE ROLE cdc_plain_writer NOLOGIN")
-        conn.execute("GRANT SELECT, UPDATE ON event_outbox TO cdc_plain_writer")
-    try:  # a superuser session that switches to a role lacking the origin functions
-        wb = WriteBack(
-            f"{pg_dsn}?options=-c%20role%3Dcdc_plain_writer",
-            table="public.event_outbox", start_lsn=0, origin="axiom_cdc_writeback_plain",
-        )
-        assert wb.origin_id is None
-        wb.submit(ids, 1)
-        wb.flush(timeout=5)
-        wb.close()
-        with psycopg.connect(pg_dsn) as conn:
-            row = conn.execute("SELECT count(*) FROM event_outbox WHERE status = 'PUBLISHED'")
-            assert row.fetchone() == (30,)
-    finally:
-        with psycopg.connect(pg_dsn, autocommit=True) as conn:
-            conn.execute("REVOKE ALL ON event_outbox FROM cdc_plain_writer")
-            conn.execute("DROP ROLE cdc_plain_writer")

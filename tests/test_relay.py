@@ -12,7 +12,6 @@ import pytest
 import redis
 
 from cdc.settings import Settings
-from cdc.writeback import origin_name
 from tests.relayutil import (
     cdc,
     insert_cases,
@@ -85,41 +84,6 @@ def test_mark_published_false_is_pure_cdc(settings: Settings, rds: redis.Redis) 
     assert cdc(settings, "run", "--once", CDC_MARK_PUBLISHED="false").returncode == 0
     assert len(stream_events(rds)) == 50
     assert statuses(dsn) == {"PENDING": 50}
-
-
-def test_write_back_commits_under_an_origin_the_slot_skips(
-    settings: Settings, rds: redis.Redis
-) -> None:
-    dsn = settings.database_url.get_secret_value()
-    assert cdc(settings, "slot", "create").returncode == 0
-    with psycopg.connect(dsn, autocommit=True) as conn:  # sees every change after this
-        conn.execute("SELECT pg_create_logical_replication_slot('t_watch', 'wal2json')")
-    insert_cases(dsn, 40)
-    assert cdc(settings, "run", "--once").returncode == 0
-    assert statuses(dsn) == {"PUBLISHED": 40}
-    with psycopg.connect(dsn) as conn:
-        row = conn.execute(
-            "SELECT roident FROM pg_replication_origin WHERE roname = %s",
-            (origin_name(settings.slot),),
-        ).fetchone()
-    assert row is not None
-    origin = str(row[0])
-
-    def updates(*extra: str) -> int:
-        opts = ["format-version", "2", "actions", "update", "add-tables", "public.event_outbox",
-                "include-transaction", "false", *extra]
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            row = conn.execute(
-                "SELECT count(*) FROM pg_logical_slot_peek_changes('t_watch', NULL, NULL,"
-                + ", ".join(["%s"] * len(opts)) + ")", opts,
-            ).fetchone()
-        assert row is not None
-        return int(row[0])
-
-    assert updates() == 40  # the write-back's UPDATEs are in the WAL...
-    assert updates("filter-origins", origin) == 0  # ...under the origin the relay filters
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("SELECT pg_drop_replication_slot('t_watch')")
 
 
 def test_backfill_publishes_pre_slot_rows_once_in_created_at_order(
