@@ -29,11 +29,11 @@ from cdc.route import Router
 from cdc.settings import Settings
 from cdc.sink import DLQ_FIELDS, RedisSink
 from cdc.source import Keepalive, ReplicationStream
-from cdc.writeback import WriteBack, id_list, mark_published
+from cdc.writeback import LINGER_S, WriteBack, id_list, mark_published
 
 log = logging.getLogger(__name__)
 STATUS_MIN_INTERVAL = 0.01
-WRITEBACK_RECHECK_S = 0.02  # a write-back lingers up to writeback.LINGER_S, then runs
+WRITEBACK_RECHECK_S = 2 * LINGER_S  # a write-back lingers up to LINGER_S, then runs
 REPLY_TIMEOUT = 5.0  # a batch unanswered this long is read with a blocking, timed-out read
 
 
@@ -44,7 +44,6 @@ class Prepare:
         self.router = Router(settings.routes)
         self.registry = Registry(unknown=settings.unknown_events)
         self.max_bytes = settings.max_event_bytes
-        self._streams: dict[str, str] = {}  # routed event types: a dict hit, not a call
 
     def check(self, ev: OutboxEvent) -> str:
         """Return the event's stream, or raise EventError; note its idempotency key."""
@@ -54,9 +53,7 @@ class Prepare:
             size = len(payload.encode())
             if size > self.max_bytes:
                 raise EventError(f"payload is {size} bytes, over {self.max_bytes}")
-        stream = self._streams.get(event_type)
-        if stream is None:
-            stream = self._streams[event_type] = self.router.route(event_type)
+        stream = self.router.route(event_type)
         ev.idempotency_key = self.registry.validate_json(event_type, payload)
         return stream
 
