@@ -32,7 +32,6 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from cdc import keys, redisconn
 from cdc.backoff import Backoff
 from cdc.errors import SinkError
-from cdc.redisconn import translate
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +131,9 @@ class Consumer:
                 self._r.xgroup_create(stream, self.group, id=self.start_id, mkstream=True)
             except redis.ResponseError as e:
                 if "BUSYGROUP" not in str(e):
-                    raise translate(e, "XGROUP CREATE") from None
+                    raise redisconn.translate(e, "XGROUP CREATE") from None
             except (redis.RedisError, OSError) as e:
-                raise translate(e, "XGROUP CREATE") from None
+                raise redisconn.translate(e, "XGROUP CREATE") from None
 
     def run(self, *, limit: int | None = None, timeout: float | None = None) -> ConsumerStats:
         """Consume until stopped, `limit` entries acked, or `timeout` seconds; return the stats."""
@@ -177,9 +176,9 @@ class Consumer:
                 log.warning("group %s vanished (%s); re-creating it", self.group, e)
                 self.ensure_groups()
                 return 0
-            raise translate(e, "XREADGROUP") from None
+            raise redisconn.translate(e, "XREADGROUP") from None
         except (redis.RedisError, OSError) as e:
-            raise translate(e, "XREADGROUP") from None
+            raise redisconn.translate(e, "XREADGROUP") from None
 
     def _read(self, block_ms: int) -> int:
         reply: Any = self._r.xreadgroup(

@@ -87,22 +87,7 @@ class WriteBack:
     def _run(self) -> None:
         stopping = False
         while not stopping and (item := self._queue.get()) is not None:
-            ids, lsn, count = list(item[0]), item[1], 1
-            # Batches acknowledged within LINGER_S join this statement. At a trickle (one
-            # event a batch) that is one UPDATE, one transaction, for many events: each
-            # transaction costs PostgreSQL a commit and the relay a wakeup for its empty
-            # begin/commit pair from wal2json. Confirming the slot waits as long.
-            deadline = time.monotonic() + LINGER_S
-            while len(ids) < COALESCE_IDS:
-                try:
-                    more = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if more is None:
-                    stopping = True
-                    break
-                ids += more[0]
-                lsn, count = max(lsn, more[1]), count + 1
+            ids, lsn, count, stopping = self._gather(item)
             try:
                 if ids:
                     self._conn.execute(self._update, (id_list(ids),))
@@ -115,6 +100,26 @@ class WriteBack:
                 self._done_lsn = max(self._done_lsn, lsn)
                 self._pending -= count
                 self._cond.notify_all()
+
+    def _gather(self, first: tuple[list[str], int]) -> tuple[list[str], int, int, bool]:
+        """Join batches acknowledged within LINGER_S to `first`; return ids, LSN, count, stop.
+
+        At a trickle (one event a batch) that is one UPDATE, one transaction, for many
+        events: each transaction costs PostgreSQL a commit and the relay a wakeup for its
+        empty begin/commit pair from wal2json. Confirming the slot waits as long.
+        """
+        ids, lsn, count = list(first[0]), first[1], 1
+        deadline = time.monotonic() + LINGER_S
+        while len(ids) < COALESCE_IDS:
+            try:
+                more = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if more is None:  # close(): write what was gathered, then stop
+                return ids, lsn, count, True
+            ids += more[0]
+            lsn, count = max(lsn, more[1]), count + 1
+        return ids, lsn, count, False
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the thread (after what is queued) and close its connection."""
