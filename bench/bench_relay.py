@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -38,6 +39,9 @@ INSERT = (
     " SELECT 'tenant-1', 'case', 'case-' || g, 'CASE_CREATED', jsonb_build_object('case_id',"
     " 'case-' || g, 'status', 'OPEN', 'idempotency_key', %s || g) FROM generate_series(1, %s) g"
 )
+
+
+CORES = os.cpu_count() or 1
 
 
 def backlog(dsn: str, n: int, tag: str) -> None:
@@ -92,10 +96,40 @@ def steal_share(before: tuple[int, int]) -> float:
     return (stolen - before[1]) / max(1, total - before[0])
 
 
-def cpu_seconds(pid: int) -> float:
-    """Return the user + system CPU seconds process `pid` has used so far (Linux /proc)."""
+class ServerCpu:
+    """CPU seconds used so far by the throwaway PostgreSQL and Redis.
+
+    PostgreSQL: the postmaster, its live children (from /proc), and its exited children
+    (walsenders and backends that closed: the kernel adds their time to the postmaster's
+    cutime/cstime when it reaps them). Redis: its INFO cpu.
+    """
+
+    def __init__(self, pg: LocalPostgres, redis_url: str) -> None:
+        self._pidfile = pg.datadir / "postmaster.pid"
+        self._redis = redis.Redis.from_url(redis_url)
+
+    def pg(self) -> float:
+        pm = int(self._pidfile.read_text().split()[0])
+        total = _stat_seconds(pm, with_children=True)
+        for child in Path(f"/proc/{pm}/task/{pm}/children").read_text().split():
+            # One that exited since has its time in the postmaster's cutime now.
+            with contextlib.suppress(OSError):
+                total += _stat_seconds(int(child))
+        return total
+
+    def redis(self) -> float:
+        info = self._redis.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+    def close(self) -> None:
+        self._redis.close()
+
+
+def _stat_seconds(pid: int, *, with_children: bool = False) -> float:
+    """Return a process's user + system CPU seconds (and its reaped children's) from /proc."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    ticks = sum(int(f) for f in fields[11:15 if with_children else 13])
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def run_once(dsn: str, redis_url: str, slot: str, mark: bool) -> dict[str, Any]:
@@ -111,7 +145,7 @@ def run_once(dsn: str, redis_url: str, slot: str, mark: bool) -> dict[str, Any]:
     streaming_at, cpu_at = t0, 0.0
     for line in proc.stderr:  # the relay logs little: a few lines, then EOF at exit
         if b"streaming slot" in line:
-            streaming_at, cpu_at = time.perf_counter(), cpu_seconds(proc.pid)
+            streaming_at, cpu_at = time.perf_counter(), _stat_seconds(proc.pid)
     _, status, usage = os.wait4(proc.pid, 0)
     end = time.perf_counter()
     return {
@@ -124,15 +158,20 @@ def run_once(dsn: str, redis_url: str, slot: str, mark: bool) -> dict[str, Any]:
     }
 
 
-def relay_drain(dsn: str, redis_url: str, slot: str, n: int, mark: bool) -> dict[str, float]:
+def relay_drain(
+    dsn: str, redis_url: str, slot: str, n: int, mark: bool, cpu: ServerCpu
+) -> dict[str, float]:
     """Drain the backlog with `cdc run --once`; return rates, CPU µs/event and peak RSS.
 
     `rate` and `cpu_us` count from the moment the relay streams (like the bare read, which
     starts its clock after START_REPLICATION); `rate_with_startup` counts from process start.
+    `pg_us` and `redis_us` are the servers' CPU per event over the whole run.
     """
     r = redis.Redis.from_url(redis_url)
     r.flushall()
+    pg0, rd0 = cpu.pg(), cpu.redis()
     run = run_once(dsn, redis_url, slot, mark)
+    pg_us, redis_us = (cpu.pg() - pg0) * 1e6 / n, (cpu.redis() - rd0) * 1e6 / n
     got = int(r.xlen("axiom:core:events"))
     r.close()
     if run["code"] != 0 or got != n:
@@ -142,6 +181,8 @@ def relay_drain(dsn: str, redis_url: str, slot: str, n: int, mark: bool) -> dict
         "rate_with_startup": n / run["wall"],
         "wall": run["wall"],
         "cpu_us": run["cpu_streaming"] * 1e6 / n,
+        "pg_us": pg_us,
+        "redis_us": redis_us,
         "startup_cpu_s": run["cpu_startup"],
         "rss_mib": run["rss_mib"],
     }
@@ -227,7 +268,9 @@ def start_poller(dsn: str, redis_url: str) -> Any:
     return halt
 
 
-def drain_round(dsn: str, redis_url: str, base: Settings, n: int, no: int) -> dict[str, Any]:
+def drain_round(
+    dsn: str, redis_url: str, base: Settings, n: int, no: int, cpu: ServerCpu
+) -> dict[str, Any]:
     """Commit a backlog of `n`, read it bare, then drain it with write-back off and on.
 
     Each drain's ratio is to the bare read of the same round; the machine's speed drifts
@@ -241,12 +284,22 @@ def drain_round(dsn: str, redis_url: str, base: Settings, n: int, no: int) -> di
     backlog(dsn, n, f"b{no}")
     took = time.perf_counter() - t0
     print(f"round {no + 1}: backlog of {n} committed in {took:.1f}s", flush=True)
+    pg0, self0 = cpu.pg(), time.process_time()
     raw = raw_read(dsn, names["raw"], n)
-    print(f"  bare slot read (no sink): {raw:,.0f} events/s", flush=True)
-    result: dict[str, Any] = {"raw": raw}
+    raw_pg_us = (cpu.pg() - pg0) * 1e6 / n
+    raw_reader_us = (time.process_time() - self0) * 1e6 / n
+    print(
+        f"  bare slot read (no sink): {raw:,.0f} events/s; CPU per event: PostgreSQL"
+        f" (the walsender) {raw_pg_us:.1f} us, the reader {raw_reader_us:.1f} us",
+        flush=True,
+    )
+    result: dict[str, Any] = {"raw": raw, "raw_pg_us": raw_pg_us}
     for key in ("off", "on"):
-        res = relay_drain(dsn, redis_url, names[key], n, key == "on")
+        res = relay_drain(dsn, redis_url, names[key], n, key == "on", cpu)
         res["ratio"], res["ratio_with_startup"] = res["rate"] / raw, res["rate_with_startup"] / raw
+        # What the three processes cost an event together, and the rate 2 busy cores allow.
+        res["total_us"] = res["cpu_us"] + res["pg_us"] + res["redis_us"]
+        res["cap"] = CORES * 1e6 / res["total_us"]
         result[key] = res
         print(
             f"  relay drain, write-back {key}: {res['rate']:,.0f} events/s"
@@ -255,6 +308,13 @@ def drain_round(dsn: str, redis_url: str, base: Settings, n: int, no: int) -> di
             " counting process start-up);"
             f" CPU {res['cpu_us']:.1f} us/event (+{res['startup_cpu_s']:.2f}s start-up);"
             f" peak RSS {res['rss_mib']:.0f} MiB",
+            flush=True,
+        )
+        print(
+            f"    CPU per event: relay {res['cpu_us']:.1f} + PostgreSQL {res['pg_us']:.1f}"
+            f" + Redis {res['redis_us']:.1f} = {res['total_us']:.1f} us; {CORES} cores fully"
+            f" busy would drain at most {res['cap']:,.0f} events/s"
+            f" = {res['cap'] / raw:.2f} x bare read",
             flush=True,
         )
     result["steal"] = steal_share(ticks)
@@ -279,7 +339,9 @@ def main() -> None:
     with LocalPostgres() as pg, LocalRedis() as rd:
         migrate.apply(pg.dsn, SQL_DIR)
         base = Settings(database_url=pg.dsn)  # type: ignore[arg-type]
-        rounds = [drain_round(pg.dsn, rd.url, base, n, i) for i in range(args.rounds)]
+        cpu = ServerCpu(pg, rd.url)
+        rounds = [drain_round(pg.dsn, rd.url, base, n, i, cpu) for i in range(args.rounds)]
+        cpu.close()
         out["rounds"] = rounds
         print(f"median of {len(rounds)} rounds:", flush=True)
         for key in ("off", "on"):
@@ -289,7 +351,9 @@ def main() -> None:
                 f"  relay drain, write-back {key}: {res['rate']:,.0f} events/s ="
                 f" {res['ratio']:.2f} x bare read ({res['ratio_with_startup']:.2f} x counting"
                 f" process start-up); CPU {res['cpu_us']:.1f} us/event; peak RSS"
-                f" {res['rss_mib']:.0f} MiB",
+                f" {res['rss_mib']:.0f} MiB; with PostgreSQL {res['pg_us']:.1f} and Redis"
+                f" {res['redis_us']:.1f}: {res['total_us']:.1f} us/event, at most"
+                f" {res['cap']:,.0f} events/s on {CORES} cores",
                 flush=True,
             )
         for mark in (False, True):

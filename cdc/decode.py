@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import orjson
+import msgspec
 
 from cdc import lsn as lsnlib
 from cdc.errors import SourceError
@@ -15,6 +15,27 @@ COLUMNS = ("id", "tenant_id", "aggregate_type", "aggregate_id", "event_type", "p
 # A dedup key ends in the position as 8 hex digits: the last two come from this table and
 # the rest change once every 256 events, so no event pays for format().
 _HEX2 = tuple(f"{i:02x}" for i in range(256))
+
+
+# Typed structs decode faster than dicts (~0.7 us an insert): only these fields are built.
+class _Column(msgspec.Struct, gc=False):
+    """One column of an insert: its name and JSON-typed value."""
+
+    name: str
+    value: Any = None
+
+
+class _Message(msgspec.Struct, gc=False):
+    """The wal2json v2 message fields we read; the others are skipped."""
+
+    action: str
+    lsn: str = ""
+    nextlsn: str = ""
+    timestamp: str = ""
+    columns: list[_Column] = []
+
+
+_decode = msgspec.json.Decoder(_Message).decode
 
 
 @dataclass(slots=True)
@@ -78,16 +99,15 @@ class Decoder:
         """Decode one message; return an event, a commit, or None for a begin."""
         # Inserts are nearly every message: they are decoded inline, without helper calls.
         try:
-            msg: dict[str, Any] = orjson.loads(data)
-            action = msg.get("action")
-            if action != "I":
-                return self._control(msg, action)
-            cols: list[dict[str, Any]] = msg["columns"]
+            msg = _decode(data)
+            if msg.action != "I":
+                return self._control(msg)
+            cols = msg.columns
             i_id, i_tenant, i_agg_type, i_agg_id, i_type, i_payload, i_created = self._layout
             if (
                 len(cols) != self._ncols
-                or cols[i_payload]["name"] != "payload"
-                or cols[i_id]["name"] != "id"
+                or cols[i_payload].name != "payload"
+                or cols[i_id].name != "id"
             ):
                 i_id, i_tenant, i_agg_type, i_agg_id, i_type, i_payload, i_created = (
                     self._learn(cols)
@@ -96,36 +116,37 @@ class Decoder:
             if position >> 8 != self._block:
                 self._block = position >> 8
                 self._block_prefix = f"{self._prefix}{position >> 8:06x}"
-            payload = cols[i_payload]["value"]
+            payload = cols[i_payload].value
             return OutboxEvent(
-                cols[i_id]["value"], cols[i_tenant]["value"], cols[i_agg_type]["value"],
-                cols[i_agg_id]["value"], cols[i_type]["value"],
-                payload if payload is not None else "null", cols[i_created]["value"],
+                cols[i_id].value, cols[i_tenant].value, cols[i_agg_type].value,
+                cols[i_agg_id].value, cols[i_type].value,
+                payload if payload is not None else "null", cols[i_created].value,
                 self._commit_lsn, position, self._time, self._commit_text, "",
                 self._block_prefix + _HEX2[position & 0xFF],
             )
-        except (orjson.JSONDecodeError, KeyError, ValueError, TypeError, IndexError) as e:
+        except (msgspec.DecodeError, KeyError, ValueError, TypeError, IndexError) as e:
             raise SourceError(f"unexpected wal2json output: {e!r}") from None
 
-    def _control(self, msg: dict[str, Any], action: Any) -> Commit | None:
+    def _control(self, msg: _Message) -> Commit | None:
         """Track transaction boundaries: B opens one, C closes it."""
+        action = msg.action
         if action == "B":
             self.in_transaction = True
-            self._commit_text = msg["lsn"]
+            self._commit_text = msg.lsn
             self._commit_lsn = lsnlib.parse(self._commit_text)
             self._prefix = key_prefix(self.epoch, self._commit_lsn)
-            self._time = msg.get("timestamp", "")
+            self._time = msg.timestamp
             self._position = self._block = 0
             self._block_prefix = self._prefix + "000000"
             return None
         if action == "C":
             self.in_transaction = False
-            return Commit(lsnlib.parse(msg["nextlsn"]))
+            return Commit(lsnlib.parse(msg.nextlsn))
         return None  # M (logical messages), T (truncate) and others: not outbox inserts
 
-    def _learn(self, cols: list[dict[str, Any]]) -> tuple[int, ...]:
+    def _learn(self, cols: list[_Column]) -> tuple[int, ...]:
         """Find the outbox columns by name (first insert, or after ALTER TABLE)."""
-        index = {c["name"]: i for i, c in enumerate(cols)}
+        index = {c.name: i for i, c in enumerate(cols)}
         missing = [name for name in COLUMNS if name not in index]
         if missing:
             raise SourceError(

@@ -72,7 +72,7 @@ class Republisher:
         keys = [stream, self._set_key, *([self._dlq] if self._dlq else [])]
         with redis_errors("EVALSHA replay"):
             added = self._client.evalsha(
-                self._sha, len(keys), *keys, self._maxlen, orjson.dumps(REPLAY_FIELDS),
-                orjson.dumps(entries), self._ttl,
+                self._sha, len(keys), *keys, self._maxlen, luascripts.pack(REPLAY_FIELDS),
+                luascripts.pack(entries), self._ttl,
             )
         return [str(a) for a in added]

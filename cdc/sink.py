@@ -1,6 +1,6 @@
 """The Redis side: deduplicated XADD batches (lua/publish.lua) sent pipelined on one connection.
 
-A batch travels as one JSON argument per stream (cheap to pack, decoded by Redis' cjson);
+A batch travels as one MessagePack argument per stream (luascripts.pack);
 commands are written without waiting and replies read in order, so several batches are
 in flight while the relay keeps decoding.
 """
@@ -11,7 +11,6 @@ import select
 from collections.abc import Iterable
 from typing import Any
 
-import orjson
 import redis
 from redis.connection import ConnectionPool
 
@@ -23,7 +22,9 @@ ENTRY_FIELDS = (
     "payload", "idempotency_key", "created_at", "commit_lsn",
 )
 DLQ_FIELDS = (*ENTRY_FIELDS, "error", "original_stream")
-_NAMES = {ENTRY_FIELDS: orjson.dumps(ENTRY_FIELDS), DLQ_FIELDS: orjson.dumps(DLQ_FIELDS)}
+_NAMES = {
+    ENTRY_FIELDS: luascripts.pack(ENTRY_FIELDS), DLQ_FIELDS: luascripts.pack(DLQ_FIELDS)
+}
 PUBLISH_LUA = luascripts.source("publish")
 
 
@@ -75,7 +76,7 @@ class RedisSink:
         """
         cmds = [
             ("EVALSHA", self._sha, 2, stream, keys.hwm(stream), self._maxlen,
-             _NAMES[names.get(stream, ENTRY_FIELDS)], orjson.dumps(entries))
+             _NAMES[names.get(stream, ENTRY_FIELDS)], luascripts.pack(entries))
             for stream, entries in by_stream.items()
         ]
         try:

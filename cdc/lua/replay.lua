@@ -2,12 +2,12 @@
 -- KEYS[1] stream, KEYS[2] set of members already republished,
 -- KEYS[3] (optional) stream to XDEL the entry's dead-letter copy from
 -- ARGV[1] MAXLEN (~), 0 for uncapped
--- ARGV[2] JSON array of field names
--- ARGV[3] JSON array of entries: [member, dead-letter entry id or "", value for each field...]
+-- ARGV[2] MessagePack array of field names
+-- ARGV[3] MessagePack array of entries: [member, dead-letter entry id or "", value for each field...]
 -- ARGV[4] TTL in seconds for the set, 0 to keep it
 -- Returns the members added now (the others were already republished).
-local names = cjson.decode(ARGV[2])
-local entries = cjson.decode(ARGV[3])
+local names = cmsgpack.unpack(ARGV[2])
+local entries = cmsgpack.unpack(ARGV[3])
 local n = #names
 local args, base = xadd_args(ARGV[1], names)
 local added = {}
