@@ -18,7 +18,7 @@ import psycopg
 from cdc import migrate
 from cdc.localservers import LocalPostgres
 from cdc.settings import SQL_DIR
-from cdc.writeback import id_list, mark_published
+from cdc.writeback import configure, id_list, mark_published
 
 BEFORE_005 = (
     "ALTER TABLE t_outbox SET (fillfactor = 100)",
@@ -55,6 +55,7 @@ def measure(dsn: str, rows: int, *, before_005: bool) -> dict[str, float]:
         conn.execute("CHECKPOINT")
         start_lsn = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]  # type: ignore[index]
         update = mark_published("public.t_outbox")
+        configure(conn)  # the relay's write-back session
         t0 = time.perf_counter()
         for i in range(0, len(ids), 500):
             conn.execute(update, (id_list(ids[i : i + 500]),))

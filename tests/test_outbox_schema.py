@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 
 from cdc.sampler import count_pending
-from cdc.writeback import id_list, mark_published
+from cdc.writeback import configure, id_list, mark_published
 
 INSERT = (
     "INSERT INTO event_outbox (tenant_id, aggregate_type, aggregate_id, event_type, payload,"
@@ -37,6 +37,23 @@ def test_write_back_is_a_hot_update_touching_no_index(pg_dsn: str) -> None:
             " AND published_at IS NOT NULL"
         ).fetchone()
         assert published == (2000,)
+
+
+def test_write_back_session_plans_a_bitmap_scan_of_the_primary_key(pg_dsn: str) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        ids = add(conn, 3000)
+        conn.execute("ANALYZE event_outbox")
+        update = "EXPLAIN " + mark_published("public.event_outbox").as_string(conn)
+
+        def plan(n: int) -> str:
+            return "\n".join(r[0] for r in conn.execute(update, (id_list(ids[:n]),)))
+
+        configure(conn)
+        for n in (1, 500, 3000):  # 3000 of 3000 rows: a full scan would be cheaper unforced
+            assert "Bitmap Index Scan on event_outbox_pkey" in plan(n), plan(n)
+        conn.execute("RESET ALL")
+        assert "Bitmap" not in plan(3000)  # the settings are what make the difference
+        conn.execute("DELETE FROM event_outbox")
 
 
 def test_pending_gauge_counts_rows_newer_than_the_published_ones(pg_dsn: str) -> None:
