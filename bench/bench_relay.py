@@ -96,6 +96,18 @@ def steal_share(before: tuple[int, int]) -> float:
     return (stolen - before[1]) / max(1, total - before[0])
 
 
+def wait_released(dsn: str, slot: str) -> None:
+    """Wait until no walsender holds `slot`: its CPU time is then the postmaster's cutime."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        deadline = time.monotonic() + 10
+        while conn.execute(
+            "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+        ).fetchone() != (False,):
+            if time.monotonic() > deadline:
+                raise SystemExit(f"slot {slot} still active 10 s after its reader closed")
+            time.sleep(0.01)
+
+
 class ServerCpu:
     """CPU seconds used so far by the throwaway PostgreSQL and Redis.
 
@@ -171,6 +183,7 @@ def relay_drain(
     r.flushall()
     pg0, rd0 = cpu.pg(), cpu.redis()
     run = run_once(dsn, redis_url, slot, mark)
+    wait_released(dsn, slot)
     pg_us, redis_us = (cpu.pg() - pg0) * 1e6 / n, (cpu.redis() - rd0) * 1e6 / n
     got = int(r.xlen("axiom:core:events"))
     r.close()
@@ -286,6 +299,7 @@ def drain_round(
     print(f"round {no + 1}: backlog of {n} committed in {took:.1f}s", flush=True)
     pg0, self0 = cpu.pg(), time.process_time()
     raw = raw_read(dsn, names["raw"], n)
+    wait_released(dsn, names["raw"])
     raw_pg_us = (cpu.pg() - pg0) * 1e6 / n
     raw_reader_us = (time.process_time() - self0) * 1e6 / n
     print(
