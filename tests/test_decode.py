@@ -1,0 +1,106 @@
+"""The decoder on wal2json format-version 2 messages (pure: no servers)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from cdc.decode import Commit, Decoder, OutboxEvent, dedup_key
+from cdc.errors import SourceError
+
+TS = "2026-11-26 12:32:07.080759+00"
+
+
+def msg(**fields: Any) -> memoryview:
+    """Return a message as the stream hands it over: a memoryview of JSON bytes."""
+    return memoryview(orjson.dumps(fields))
+
+
+def begin(lsn: str = "0/15723A8") -> memoryview:
+    return msg(action="B", timestamp=TS, lsn=lsn, nextlsn="0/15723D8")
+
+
+def commit(nextlsn: str = "0/15723D8") -> memoryview:
+    return msg(action="C", timestamp=TS, lsn="0/15723A8", nextlsn=nextlsn)
+
+
+def insert(n: int, *, payload: str | None = '{"case_id": "c1"}', order: int = 1) -> memoryview:
+    """An outbox insert; `order` -1 lists the columns backwards (as after ALTER TABLE)."""
+    columns = [
+        {"name": "id", "value": f"00000000-0000-0000-0000-{n:012d}"},
+        {"name": "tenant_id", "value": "t1"},
+        {"name": "aggregate_type", "value": "case"},
+        {"name": "aggregate_id", "value": f"case-{n}"},
+        {"name": "event_type", "value": "CASE_CREATED"},
+        {"name": "payload", "value": payload},
+        {"name": "status", "value": "PENDING"},
+        {"name": "created_at", "value": TS},
+        {"name": "published_at", "value": None},
+        {"name": "retry_count", "value": 0},
+        {"name": "last_error", "value": None},
+    ][::order]
+    return msg(action="I", timestamp=TS, lsn="0/1571D78", schema="public",
+               table="event_outbox", columns=columns)
+
+
+def test_a_transaction_decodes_to_positioned_events_and_a_commit() -> None:
+    d = Decoder(epoch=7)
+    assert d.feed(begin()) is None and d.in_transaction
+    first, second = d.feed(insert(1)), d.feed(insert(2, order=-1))
+    assert isinstance(first, OutboxEvent) and isinstance(second, OutboxEvent)
+    assert (first.event_id, first.aggregate_id, first.payload) == (
+        "00000000-0000-0000-0000-000000000001", "case-1", '{"case_id": "c1"}'
+    )
+    assert second.aggregate_id == "case-2"  # found by name whatever the column order
+    assert (first.commit_lsn, first.position, second.position) == (0x15723A8, 1, 2)
+    assert first.commit_lsn_text == "0/15723A8" and first.commit_time == TS
+    assert first.key == dedup_key(7, 0x15723A8, 1) < second.key
+    end = d.feed(commit())
+    assert end == Commit(0x15723D8) and not d.in_transaction
+
+
+def test_dedup_keys_stay_in_order_across_positions_256_apart() -> None:
+    d = Decoder(epoch=1)
+    d.feed(begin())
+    keys = []
+    for n in range(1, 600):
+        ev = d.feed(insert(n))
+        assert isinstance(ev, OutboxEvent)
+        keys.append(ev.key)
+    assert keys == [dedup_key(1, 0x15723A8, p) for p in range(1, 600)]
+    assert keys == sorted(keys)
+
+
+def test_a_null_payload_becomes_json_null() -> None:
+    d = Decoder()
+    d.feed(begin())
+    ev = d.feed(insert(1, payload=None))
+    assert isinstance(ev, OutboxEvent) and ev.payload == "null"
+
+
+def test_other_messages_are_skipped() -> None:
+    d = Decoder()
+    d.feed(begin())
+    assert d.feed(msg(action="M", transactional=True, prefix="p", content="x")) is None
+    assert d.feed(msg(action="T", schema="public", table="event_outbox")) is None
+    assert d.in_transaction
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"{not json", b'{"lsn": "0/1"}', b'{"action": 1}', b'{"action": "B"}', b"[]"],
+    ids=["not-json", "no-action", "action-not-text", "begin-without-lsn", "not-an-object"],
+)
+def test_malformed_messages_raise_source_error(data: bytes) -> None:
+    with pytest.raises(SourceError, match="unexpected wal2json output"):
+        Decoder().feed(memoryview(data))
+
+
+def test_an_insert_into_another_table_layout_names_the_setting() -> None:
+    d = Decoder()
+    d.feed(begin())
+    other = msg(action="I", columns=[{"name": "id", "value": "1"}, {"name": "x", "value": 2}])
+    with pytest.raises(SourceError, match="CDC_OUTBOX_TABLE"):
+        d.feed(other)
