@@ -122,12 +122,15 @@ class ServerCpu:
 
     def pg(self) -> float:
         pm = int(self._pidfile.read_text().split()[0])
-        total = _stat_seconds(pm, with_children=True)
-        for child in Path(f"/proc/{pm}/task/{pm}/children").read_text().split():
-            # One that exited since has its time in the postmaster's cutime now.
-            with contextlib.suppress(OSError):
-                total += _stat_seconds(int(child))
-        return total
+        while True:
+            own, reaped = _cpu_seconds(pm)
+            total = own + reaped
+            for child in Path(f"/proc/{pm}/task/{pm}/children").read_text().split():
+                # One that exited since has its time in the postmaster's cutime now.
+                with contextlib.suppress(OSError):
+                    total += _cpu_seconds(int(child))[0]
+            if _cpu_seconds(pm)[1] == reaped:  # else one was reaped between the reads
+                return total
 
     def redis(self) -> float:
         info = self._redis.info("cpu")
@@ -137,11 +140,11 @@ class ServerCpu:
         self._redis.close()
 
 
-def _stat_seconds(pid: int, *, with_children: bool = False) -> float:
-    """Return a process's user + system CPU seconds (and its reaped children's) from /proc."""
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """Return (user + system CPU seconds of a process, the same of its reaped children)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = sum(int(f) for f in fields[11:15 if with_children else 13])
-    return ticks / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
 
 
 def run_once(dsn: str, redis_url: str, slot: str, mark: bool) -> dict[str, Any]:
@@ -157,7 +160,7 @@ def run_once(dsn: str, redis_url: str, slot: str, mark: bool) -> dict[str, Any]:
     streaming_at, cpu_at = t0, 0.0
     for line in proc.stderr:  # the relay logs little: a few lines, then EOF at exit
         if b"streaming slot" in line:
-            streaming_at, cpu_at = time.perf_counter(), _stat_seconds(proc.pid)
+            streaming_at, cpu_at = time.perf_counter(), _cpu_seconds(proc.pid)[0]
     _, status, usage = os.wait4(proc.pid, 0)
     end = time.perf_counter()
     return {

@@ -26,12 +26,16 @@ class _Column(msgspec.Struct, gc=False):
 
 
 class _Message(msgspec.Struct, gc=False):
-    """The wal2json v2 message fields we read; the others are skipped."""
+    """The wal2json v2 message fields we read; the others are skipped.
+
+    Optional, and nullable: a non-transactional logical message (`M`) has no nextlsn and a
+    null timestamp, and must pass through like any other message we do not use.
+    """
 
     action: str
-    lsn: str = ""
-    nextlsn: str = ""
-    timestamp: str = ""
+    lsn: str | None = None
+    nextlsn: str | None = None
+    timestamp: str | None = None
     columns: list[_Column] = []
 
 
@@ -124,22 +128,28 @@ class Decoder:
                 self._commit_lsn, position, self._time, self._commit_text, "",
                 self._block_prefix + _HEX2[position & 0xFF],
             )
-        except (msgspec.DecodeError, KeyError, ValueError, TypeError, IndexError) as e:
+        except (
+            msgspec.DecodeError, KeyError, ValueError, TypeError, IndexError, RecursionError
+        ) as e:
             raise SourceError(f"unexpected wal2json output: {e!r}") from None
 
     def _control(self, msg: _Message) -> Commit | None:
         """Track transaction boundaries: B opens one, C closes it."""
         action = msg.action
         if action == "B":
+            if msg.lsn is None:
+                raise ValueError("a begin without lsn")
             self.in_transaction = True
             self._commit_text = msg.lsn
             self._commit_lsn = lsnlib.parse(self._commit_text)
             self._prefix = key_prefix(self.epoch, self._commit_lsn)
-            self._time = msg.timestamp
+            self._time = msg.timestamp or ""
             self._position = self._block = 0
             self._block_prefix = self._prefix + "000000"
             return None
         if action == "C":
+            if msg.nextlsn is None:
+                raise ValueError("a commit without nextlsn")
             self.in_transaction = False
             return Commit(lsnlib.parse(msg.nextlsn))
         return None  # M (logical messages), T (truncate) and others: not outbox inserts
@@ -152,6 +162,20 @@ class Decoder:
             raise SourceError(
                 f"outbox insert lacks column(s) {', '.join(missing)}:"
                 " is CDC_OUTBOX_TABLE the outbox table?"
+            )
+        # A column's JSON type follows its SQL type, so the first insert tells for all: stream
+        # fields must be text (a number would reach Redis' Lua as a double, or overflow).
+        wrong = [
+            f"{name} ({type(cols[index[name]].value).__name__})"
+            for name in COLUMNS
+            if name != "payload" and type(cols[index[name]].value) is not str
+        ]
+        if wrong:
+            raise SourceError(
+                f"outbox column(s) {', '.join(wrong)} do not arrive as text:"
+                " is CDC_OUTBOX_TABLE the outbox table?",
+                hint="id uuid, created_at timestamptz, the others text, all NOT NULL"
+                " (sql/001_event_outbox.sql)",
             )
         self._layout = tuple(index[name] for name in COLUMNS)
         self._ncols = len(cols)

@@ -82,16 +82,24 @@ def test_a_null_payload_becomes_json_null() -> None:
 
 def test_other_messages_are_skipped() -> None:
     d = Decoder()
+    # A non-transactional logical message, as wal2json 2.5 writes it (a heartbeat tool's
+    # pg_logical_emit_message(false, ...)): null timestamp, no nextlsn.
+    heartbeat = (b'{"action":"M","timestamp":null,"lsn":"0/1571E20","transactional":false,'
+                 b'"prefix":"heartbeat","content":"x"}')
+    assert d.feed(memoryview(heartbeat)) is None and not d.in_transaction
     d.feed(begin())
-    assert d.feed(msg(action="M", transactional=True, prefix="p", content="x")) is None
+    assert d.feed(msg(action="M", timestamp=TS, lsn="0/1571E58", transactional=True,
+                      prefix="p", content="x")) is None
     assert d.feed(msg(action="T", schema="public", table="event_outbox")) is None
     assert d.in_transaction
 
 
 @pytest.mark.parametrize(
     "data",
-    [b"{not json", b'{"lsn": "0/1"}', b'{"action": 1}', b'{"action": "B"}', b"[]"],
-    ids=["not-json", "no-action", "action-not-text", "begin-without-lsn", "not-an-object"],
+    [b"{not json", b'{"lsn": "0/1"}', b'{"action": 1}', b'{"action": "B"}',
+     b'{"action": "C", "lsn": "0/1"}', b"[]"],
+    ids=["not-json", "no-action", "action-not-text", "begin-without-lsn",
+         "commit-without-nextlsn", "not-an-object"],
 )
 def test_malformed_messages_raise_source_error(data: bytes) -> None:
     with pytest.raises(SourceError, match="unexpected wal2json output"):
@@ -104,3 +112,13 @@ def test_an_insert_into_another_table_layout_names_the_setting() -> None:
     other = msg(action="I", columns=[{"name": "id", "value": "1"}, {"name": "x", "value": 2}])
     with pytest.raises(SourceError, match="CDC_OUTBOX_TABLE"):
         d.feed(other)
+
+
+def test_an_outbox_column_that_is_not_text_is_refused_with_the_schema() -> None:
+    d = Decoder()
+    d.feed(begin())
+    columns = orjson.loads(bytes(insert(1)))["columns"]
+    columns[3]["value"] = 18446744073709551615  # aggregate_id as a numeric column would send
+    with pytest.raises(SourceError, match=r"aggregate_id \(int\) do not arrive as text") as e:
+        d.feed(msg(action="I", columns=columns))
+    assert "NOT NULL" in e.value.hint

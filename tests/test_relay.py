@@ -86,6 +86,23 @@ def test_mark_published_false_is_pure_cdc(settings: Settings, rds: redis.Redis) 
     assert statuses(dsn) == {"PENDING": 50}
 
 
+def test_logical_messages_between_inserts_are_passed_over(
+    settings: Settings, rds: redis.Redis
+) -> None:
+    """Heartbeat tools emit logical messages; wal2json streams them whatever the filters."""
+    dsn = settings.database_url.get_secret_value()
+    assert cdc(settings, "slot", "create").returncode == 0
+    insert_cases(dsn, 3)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_logical_emit_message(false, 'heartbeat', 'beat')")
+        conn.execute("SELECT pg_logical_emit_message(true, 'tx', 'in a transaction')")
+    insert_cases(dsn, 2, tag="after-")
+    proc = cdc(settings, "run", "--once")
+    assert proc.returncode == 0, proc.stderr
+    assert len(stream_events(rds)) == 5
+    assert statuses(dsn) == {"PUBLISHED": 5}
+
+
 def test_backfill_publishes_pre_slot_rows_once_in_created_at_order(
     settings: Settings, rds: redis.Redis
 ) -> None:
