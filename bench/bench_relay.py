@@ -100,9 +100,7 @@ def wait_released(dsn: str, slot: str) -> None:
     """Wait until no walsender holds `slot`: its CPU time is then the postmaster's cutime."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         deadline = time.monotonic() + 10
-        while conn.execute(
-            "SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)
-        ).fetchone() != (False,):
+        while (st := slots.status(conn, slot)) is None or st.active:
             if time.monotonic() > deadline:
                 raise SystemExit(f"slot {slot} still active 10 s after its reader closed")
             time.sleep(0.01)
@@ -180,7 +178,8 @@ def relay_drain(
 
     `rate` and `cpu_us` count from the moment the relay streams (like the bare read, which
     starts its clock after START_REPLICATION); `rate_with_startup` counts from process start.
-    `pg_us` and `redis_us` are the servers' CPU per event over the whole run.
+    `pg_us` and `redis_us` are the servers' CPU per event over the whole run; `cap` is the
+    rate at which the three together would keep every core busy.
     """
     r = redis.Redis.from_url(redis_url)
     r.flushall()
@@ -192,13 +191,17 @@ def relay_drain(
     r.close()
     if run["code"] != 0 or got != n:
         raise SystemExit(f"relay drain failed: exit {run['code']}, {got}/{n} entries")
+    cpu_us = run["cpu_streaming"] * 1e6 / n
+    total_us = cpu_us + pg_us + redis_us  # what the three processes cost an event together
     return {
         "rate": n / run["streaming"],
         "rate_with_startup": n / run["wall"],
         "wall": run["wall"],
-        "cpu_us": run["cpu_streaming"] * 1e6 / n,
+        "cpu_us": cpu_us,
         "pg_us": pg_us,
         "redis_us": redis_us,
+        "total_us": total_us,
+        "cap": CORES * 1e6 / total_us,  # the drain rate CORES busy cores would allow
         "startup_cpu_s": run["cpu_startup"],
         "rss_mib": run["rss_mib"],
     }
@@ -314,9 +317,6 @@ def drain_round(
     for key in ("off", "on"):
         res = relay_drain(dsn, redis_url, names[key], n, key == "on", cpu)
         res["ratio"], res["ratio_with_startup"] = res["rate"] / raw, res["rate_with_startup"] / raw
-        # What the three processes cost an event together, and the rate 2 busy cores allow.
-        res["total_us"] = res["cpu_us"] + res["pg_us"] + res["redis_us"]
-        res["cap"] = CORES * 1e6 / res["total_us"]
         result[key] = res
         print(
             f"  relay drain, write-back {key}: {res['rate']:,.0f} events/s"
