@@ -6,6 +6,7 @@ Unknown event types pass by default; `unknown_events="dead_letter"` rejects them
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping
 from typing import Any, cast
 
@@ -14,6 +15,38 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import CoreConfig, SchemaValidator, core_schema
 
 from cdc.errors import EventError
+
+
+class _Number(str):
+    """A JSON number kept as the text PostgreSQL wrote (jsonb keeps 1.50 as 1.50)."""
+
+
+def key_text(key: Any, text: str) -> str:
+    """Return a parsed idempotency key as `payload->>'idempotency_key'` would ("" for none)."""
+    if key is None or isinstance(key, str):
+        return key or ""
+    return jsonb_text(_raw_value(text))
+
+
+def _raw_value(text: str) -> Any:
+    """Return the payload's idempotency_key parsed with its numbers kept as written."""
+    parsed = json.loads(text, parse_float=_Number, parse_int=_Number)
+    return parsed["idempotency_key"]
+
+
+def jsonb_text(value: Any) -> str:
+    """Return `value` as PostgreSQL's `->>` prints a non-string jsonb value ({"a": 1}, true)."""
+    if isinstance(value, _Number):
+        return str(value)
+    if value is True or value is False or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(jsonb_text(v) for v in value) + "]"
+    return "{" + ", ".join(
+        f"{json.dumps(k, ensure_ascii=False)}: {jsonb_text(v)}" for k, v in value.items()
+    ) + "}"
 
 
 class Contract(BaseModel):
@@ -119,7 +152,7 @@ class Registry:
             except orjson.JSONDecodeError as e:
                 raise EventError(f"payload is not JSON: {e}") from None
             key = payload.get("idempotency_key") if isinstance(payload, dict) else None
-            return "" if key is None else str(key)
+            return key_text(key, text)
         try:
             obj: Contract = validate(text)
         except ValidationError as e:

@@ -7,10 +7,25 @@ from typing import Any, TypeAlias
 import psycopg
 from psycopg import sql
 
-from cdc.errors import ConfigError, SourceError
+from cdc.errors import CdcError, ConfigError, MigrationError, SourceError
 from cdc.settings import redact
 
 Conn: TypeAlias = psycopg.Connection[tuple[Any, ...]]
+
+PRIVILEGE_HINT = (
+    "GRANT cdc_relay TO <the relay's login role>; (`cdc migrate` creates cdc_relay;"
+    " `cdc doctor` names each missing privilege)"
+)
+
+
+def translate(e: psycopg.Error, what: str = "PostgreSQL") -> CdcError:
+    """Return the CdcError for a psycopg error: privilege and schema problems stop the relay."""
+    text = " ".join(f"{what}: {e}".split())
+    if isinstance(e, psycopg.errors.InsufficientPrivilege):
+        return ConfigError(text, hint=PRIVILEGE_HINT)
+    if isinstance(e, psycopg.errors.UndefinedTable | psycopg.errors.UndefinedColumn):
+        return MigrationError(text, hint="run `cdc migrate`, and check CDC_OUTBOX_TABLE")
+    return SourceError(text)
 
 
 def table_ident(table: str, relation: str | None = None) -> sql.Identifier:

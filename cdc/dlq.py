@@ -28,10 +28,21 @@ from cdc.settings import Settings
 
 DLQ_TAG = "dlq"
 _COLUMNS = (
-    "id, event_id::text, event_type, tenant_id, aggregate_type, aggregate_id, payload::text,"
+    "id, event_id::text, event_type, tenant_id, aggregate_type, aggregate_id, {payload},"
     " stream, error, retry_count, created_at, dead_lettered_at, replayed_at, replay_count,"
     " created_at::text"
 )
+# An oversized dead letter keeps only a prefix: its payload is read from the outbox row.
+_PAYLOAD = (
+    "CASE WHEN NOT payload_truncated THEN payload::text ELSE coalesce((SELECT o.payload::text"
+    " FROM {outbox} o WHERE o.id = event_id), payload::text) END"
+)
+
+
+def _columns(settings: Settings) -> sql.Composable:
+    return sql.SQL(_COLUMNS).format(
+        payload=sql.SQL(_PAYLOAD).format(outbox=db.table_ident(settings.outbox_table))
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,7 +107,7 @@ def list_dead(
     where = sql.SQL("" if replayed else " WHERE replayed_at IS NULL")
     rows = conn.execute(
         sql.SQL("SELECT {} FROM {}{} ORDER BY id LIMIT %s").format(
-            sql.SQL(_COLUMNS), _table(settings), where
+            _columns(settings), _table(settings), where
         ),
         (limit,),
     ).fetchall()
@@ -114,7 +125,7 @@ def get(conn: db.Conn, settings: Settings, ident: str) -> DeadLetter | None:
             return None
         cond = sql.SQL("event_id = %s")
     row = conn.execute(
-        sql.SQL("SELECT {} FROM {} WHERE {}").format(sql.SQL(_COLUMNS), _table(settings), cond),
+        sql.SQL("SELECT {} FROM {} WHERE {}").format(_columns(settings), _table(settings), cond),
         (value,),
     ).fetchone()
     return DeadLetter(*row) if row else None

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import redis
 
-from cdc import db, migrate, redisconn
+from cdc import db, migrate, privileges, redisconn, redisstate
 from cdc.errors import CdcError
 from cdc.route import Router
 from cdc.settings import Settings, redact
@@ -71,6 +71,7 @@ def check_postgres(settings: Settings) -> list[Finding]:
         user = str(conn.execute("SELECT current_user").fetchone()[0])  # type: ignore[index]
         out += [_role(conn), *_grants(conn, settings, user), _migrations(dsn, settings, user)]
         out.append(_slot(settings.slot, slot))
+        out.append(_redis_reset(conn, settings.slot))
         if gucs["wal_level"] == "logical" and free.level != FAIL:
             out.append(_probe(conn, major))
     return out
@@ -164,33 +165,45 @@ def _role(conn: db.Conn) -> Finding:
     )
 
 
+def _missing(conn: db.Conn, role: str, need: privileges.Need) -> list[str]:
+    """Return the privileges of `need` that `role` lacks."""
+    return [
+        p for p in need.privileges
+        if not conn.execute(privileges.CHECK_SQL[need.kind], (role, need.name, p)).fetchone()[0]  # type: ignore[index]
+    ]
+
+
 def _grants(conn: db.Conn, settings: Settings, user: str) -> list[Finding]:
-    schema, _, _ = settings.outbox_table.partition(".")
-    wanted = {
-        settings.outbox_table: ("SELECT", "UPDATE"),
-        f"{schema}.event_dead_letter": ("SELECT", "INSERT", "UPDATE"),
-        "public.cdc_slot": ("SELECT", "INSERT", "UPDATE", "DELETE"),
-        "public.cdc_backfill": ("SELECT", "INSERT", "DELETE"),
-    }
-    out = []
-    for table, privs in wanted.items():
-        found = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
-        if not found or found[0] is None:
+    """Check every privilege the relay uses; name the one statement that gives them."""
+    group = privileges.GROUP_ROLE
+    row = conn.execute(
+        "SELECT to_regrole(%s) IS NOT NULL, pg_has_role(current_user, oid, 'USAGE')"
+        " FROM pg_roles WHERE rolname = %s", (group, group),
+    ).fetchone()
+    group_exists, member = (bool(row[0]), bool(row[1])) if row else (False, False)
+    lacking: list[tuple[privileges.Need, list[str]]] = []
+    for need in privileges.relay_needs(settings.outbox_table):
+        exists = conn.execute(privileges.EXISTS_SQL[need.kind], (need.name,)).fetchone()
+        if not exists or not exists[0]:
             continue  # the migrations check reports missing tables
-        missing = [
-            p for p in privs
-            if not conn.execute(
-                "SELECT has_table_privilege(%s, %s)", (table, p)
-            ).fetchone()[0]  # type: ignore[index]
-        ]
+        missing = _missing(conn, user, need)
         if missing:
-            out.append(Finding(
-                "grants", FAIL, f"role {user} lacks {', '.join(missing)} on {table}",
-                f'GRANT {", ".join(missing)} ON {table} TO "{user}";',
-            ))
-    if not out:
-        out.append(Finding("grants", OK, f"role {user} has the table privileges the relay needs"))
-    return out
+            lacking.append((need, missing))
+    if not lacking:
+        return [Finding("grants", OK, f"role {user} has every privilege the relay uses")]
+    what = "; ".join(f"{', '.join(m)} on {n.name}" for n, m in lacking)
+    group_has_all = group_exists and all(
+        not _missing(conn, group, n) for n, _ in lacking
+    )
+    if group_has_all and not member:
+        fix = f'GRANT {group} TO "{user}";'
+    elif member:  # the group role itself lost a privilege: give it back
+        fix = " ".join(n.grant(_missing(conn, group, n) or m, group) for n, m in lacking)
+    else:
+        fix = " ".join(n.grant(m, user) for n, m in lacking)
+        if not group_exists:
+            fix += f" (or `cdc migrate`, which creates {group}, then GRANT {group} TO \"{user}\";)"
+    return [Finding("grants", FAIL, f"role {user} lacks {what}", fix)]
 
 
 def _migrations(dsn: str, settings: Settings, user: str) -> Finding:
@@ -232,6 +245,21 @@ def _slot(name: str, slot: tuple[Any, ...] | None) -> Finding:
     if wal_status == "unreserved" or (not active and (lag or 0) > LAG_WARN_BYTES):
         return Finding("slot", WARN, msg, "start the relay: cdc run (see docs/runbook.md)")
     return Finding("slot", OK, msg)
+
+
+def _redis_reset(conn: db.Conn, slot: str) -> Finding:
+    found = conn.execute("SELECT to_regclass('public.cdc_redis_state')").fetchone()
+    if not found or found[0] is None:
+        return Finding("redis_reset", OK, "no Redis reset recorded (cdc_redis_state absent)")
+    try:
+        reset = redisstate.unacknowledged(conn, slot)
+    except psycopg.errors.InsufficientPrivilege:
+        return Finding("redis_reset", WARN, "cannot read public.cdc_redis_state",
+                       f"GRANT {privileges.GROUP_ROLE} TO current_user;")
+    if reset is None:
+        return Finding("redis_reset", OK, "no unacknowledged Redis reset")
+    head, _, fix = reset.problem().partition("; republish them with ")
+    return Finding("redis_reset", FAIL, head, fix)
 
 
 def _probe(conn: db.Conn, major: int) -> Finding:

@@ -7,10 +7,13 @@
     │   └── SlotBusy              -- another consumer holds the slot; stand by
     ├── SinkError                 -- Redis unreachable or refusing writes; retry, never DLQ
     ├── EventError                -- one event cannot be published; retry then dead-letter
+    │   └── EventTooLarge         -- its payload is over CDC_MAX_EVENT_BYTES
     └── StoreError                -- domain stores (Synapse, Weaver)
         └── DecryptError          -- wrong encryption key
 
-Library errors are translated where we call the library (`raise X(...) from e`);
+Library errors are translated where we call the library (`raise X(...) from e`;
+`db.translate` for psycopg, `redisconn.translate` for redis-py): a missing privilege or
+table becomes ConfigError/MigrationError, an outage SourceError/SinkError.
 `policy()` is the one place that decides what an error means for the relay loop.
 """
 
@@ -59,6 +62,14 @@ class EventError(CdcError):
     """One event cannot be published (contract, size, route)."""
 
 
+class EventTooLarge(EventError):
+    """An event's payload is over the size limit; only a prefix of it is kept."""
+
+    def __init__(self, message: str, *, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
+
 class StoreError(CdcError):
     """A domain store refused an operation."""
 
@@ -76,7 +87,12 @@ class Action(enum.Enum):
 
 
 def policy(exc: BaseException) -> Action:
-    """Decide what the relay loop does about `exc`."""
+    """Decide what the relay loop does about `exc`.
+
+    Per-event problems go to the dead-letter path; PostgreSQL and Redis outages are
+    retried with backoff; everything else (ConfigError: a setting or a privilege,
+    MigrationError: a table, StoreError, anything unknown) stops with its hint.
+    """
     if isinstance(exc, EventError):
         return Action.DEAD_LETTER
     if isinstance(exc, SinkError | SourceError):

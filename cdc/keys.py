@@ -38,3 +38,6 @@ REPLAY_RUN_PREFIX = "axiom:cdc:replay:"
 def replay_run(replay_id: str) -> str:
     """Return the key of the event ids one replay run has republished."""
     return REPLAY_RUN_PREFIX + replay_id
+# A token the relay writes once into each Redis it publishes to, and records in PostgreSQL
+# (public.cdc_redis_state): a Redis without it, or with another one, lost what it held.
+REDIS_INSTANCE = "axiom:cdc:instance"

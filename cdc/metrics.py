@@ -46,6 +46,11 @@ class Metrics:
             "core_consumer_group_pending", "Entries delivered to a group but not acknowledged",
             ["stream", "group"], registry=r,
         )
+        self.redis_reset = Gauge(
+            "core_relay_redis_reset",
+            "1 while a Redis reset (state lost after it acknowledged events) is unacknowledged",
+            registry=r,
+        )
         self.up = Gauge("core_relay_streaming", "1 while the relay holds the slot", registry=r)
 
     def serve(self, port: int) -> None:

@@ -28,10 +28,18 @@ def redact_url(url: str) -> str:
 
 def translate(e: Exception, what: str) -> SinkError:
     """Return the SinkError for a redis-py (or socket) error `e` raised by `what`."""
-    if isinstance(e, redis.ResponseError) and "OOM" in str(e):
+    # redis-py 8 raises OutOfMemoryError for an OOM reply, without the "OOM" in its text.
+    if isinstance(e, redis.exceptions.OutOfMemoryError) or (
+        isinstance(e, redis.ResponseError) and str(e).startswith("OOM")
+    ):
         return SinkError(
-            f"Redis refused {what}: {e}",
+            f"Redis refused {what}: OOM, used memory is over maxmemory ({e})",
             hint="Redis is full: raise maxmemory, trim streams (`cdc trim`), or add memory",
+        )
+    if isinstance(e, redis.ResponseError) and str(e).startswith("CDCGAP"):
+        return SinkError(
+            f"Redis refused {what}: an earlier batch did not land ({e})",
+            hint="the relay resumes from its confirmed position; see the error before this one",
         )
     return SinkError(f"Redis {what} failed: {e}", hint=HINT)
 

@@ -15,16 +15,17 @@ from datetime import datetime
 
 import psycopg
 
-from cdc import db, keys, slots
+from cdc import db, keys, redisstate, slots
 from cdc import lsn as lsnlib
 from cdc.backfill import backfill
 from cdc.backoff import Backoff
 from cdc.checkpoint import Batch, Checkpoint
 from cdc.contracts import Registry
-from cdc.deadletter import DeadLetters
+from cdc.deadletter import SKIP, DeadLetters, kept_payload
 from cdc.decode import Commit, Decoder, OutboxEvent
-from cdc.errors import Action, CdcError, EventError, MigrationError, SlotBusy, SourceError, policy
+from cdc.errors import Action, CdcError, ConfigError, EventError, EventTooLarge, SlotBusy, policy
 from cdc.metrics import Metrics
+from cdc.redisstate import new_token
 from cdc.route import Router
 from cdc.settings import Settings
 from cdc.sink import DLQ_FIELDS, RedisSink
@@ -52,7 +53,7 @@ class Prepare:
         if len(payload) * 4 > self.max_bytes:
             size = len(payload.encode())
             if size > self.max_bytes:
-                raise EventError(f"payload is {size} bytes, over {self.max_bytes}")
+                raise EventTooLarge(f"payload is {size} bytes, over {self.max_bytes}", size=size)
         stream = self.router.route(event_type)
         ev.idempotency_key = self.registry.validate_json(event_type, payload)
         return stream
@@ -65,6 +66,14 @@ def entry(ev: OutboxEvent) -> list[str]:
         ev.payload, ev.idempotency_key, ev.created_at,
         ev.commit_lsn_text or lsnlib.format(ev.commit_lsn),
     ]
+
+
+def dead_entry(ev: OutboxEvent, error: EventError, stream: str) -> list[str]:
+    """Return [dedup key, *values in DLQ_FIELDS order]: an oversized payload only as a prefix."""
+    payload, size, cut = kept_payload(ev, error)
+    values = entry(ev)
+    values[6] = payload  # [key, event_id, type, aggregate type, aggregate id, tenant, payload..]
+    return [*values, str(error), stream, str(size), "1" if cut else "0"]
 
 
 def commit_age(commit_time: str) -> float:
@@ -103,9 +112,11 @@ class Publisher:
                 maybe = self.dead.fail(ev, e, check)
                 if maybe is None:
                     self.metrics.dead_lettered.inc()
-                    dead = [*entry(ev), str(e), self._stream_or(ev)]
+                    dead = dead_entry(ev, e, self._stream_or(ev))
                     by_stream.setdefault(keys.DLQ, []).append(dead)
                     names[keys.DLQ] = DLQ_FIELDS
+                    continue
+                if maybe == SKIP:
                     continue
                 stream = maybe
             entries = by_stream.get(stream)
@@ -165,7 +176,10 @@ class Session:
         try:
             # One relay per slot, from backfill on: the lock lives as long as `conn`.
             slots.lock(conn, self.s.slot)
+            _check_table(conn, self.s.outbox_table)
             sink.connect()
+            reset = redisstate.observe(conn, self.s.slot, sink.instance_token(new_token()))
+            self.metrics.redis_reset.set(1 if reset else 0)
             pub = Publisher(self.s, sink, conn, self.metrics)
             sink.ensure_groups(pub.prepare.router.streams(), self.s.group_names())
             self.decoder.epoch = slots.epoch(conn, self.s.slot)
@@ -179,10 +193,8 @@ class Session:
             self.metrics.up.set(1)
             log.info("streaming slot %s from %s", self.s.slot, lsnlib.format(start))
             self._loop(stream, pub, Checkpoint(start))
-        except psycopg.errors.UndefinedTable as e:
-            raise MigrationError(f"{e}".strip(), hint="run `cdc migrate`") from None
         except psycopg.Error as e:
-            raise SourceError(f"PostgreSQL: {e}".strip()) from None
+            raise db.translate(e) from None
         finally:
             self.metrics.up.set(0)
             if stream is not None:
@@ -313,6 +325,16 @@ class Session:
         self._status(stream, cp)
 
 
+def _check_table(conn: db.Conn, table: str) -> None:
+    """Stop with a hint when CDC_OUTBOX_TABLE names no table (the slot would stream nothing)."""
+    row = conn.execute("SELECT to_regclass(%s)", (table,)).fetchone()
+    if not row or row[0] is None:
+        raise ConfigError(
+            f"CDC_OUTBOX_TABLE: table {table} does not exist",
+            hint="set CDC_OUTBOX_TABLE to the outbox table (schema.name), or run `cdc migrate`",
+        )
+
+
 class Relay:
     """Run sessions until stopped: retry transient errors, stand by while the slot is busy."""
 
@@ -324,13 +346,11 @@ class Relay:
     def run(self, *, once: bool = False) -> None:
         """Ensure the slot, then stream; return on stop or when `once` has drained."""
         backoff = Backoff(base=0.1, cap=self.settings.standby_max_backoff_s)
-        ensured = False
         while not self.stop.is_set():
             started = time.monotonic()
             try:
-                if not ensured:
-                    slots.ensure(self.settings)
-                    ensured = True
+                # Every attempt: a slot dropped under a running relay is created again.
+                slots.ensure(self.settings)
                 Session(self.settings, self.metrics, self.stop).run(once=once)
                 return
             except SlotBusy as e:

@@ -19,6 +19,7 @@ from psycopg import sql
 
 from cdc import db, keys
 from cdc.errors import EventError
+from cdc.redisconn import redis_errors
 from cdc.republish import Republisher, Row
 from cdc.route import Router
 from cdc.settings import Settings
@@ -34,6 +35,7 @@ class Range:
     until: datetime | None = None
     event_type: str | None = None
     tenant: str | None = None
+    skip_present: bool = False  # leave out events already on their stream (after a reset)
 
 
 @dataclass(slots=True)
@@ -45,6 +47,7 @@ class ReplayRun:
     added: int = 0  # entries written now
     already: int = 0  # already republished by this run id
     unroutable: int = 0
+    present: int = 0  # event ids found on the streams and left out (skip_present)
     by_stream: dict[str, int] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
@@ -101,6 +104,9 @@ def replay(
             client, set_key=keys.replay_run(replay_id), maxlen=settings.stream_maxlen,
             ttl_s=RUN_TTL_S,
         )
+    if pub is not None and rng.skip_present:
+        assert client is not None
+        run.present = _seed_present(client, router.streams(), keys.replay_run(replay_id))
     for page in pages(conn, settings, rng, settings.batch_size):
         run.rows += len(page)
         by_stream: dict[str, list[Row]] = {}
@@ -116,3 +122,28 @@ def replay(
                 run.added += added
                 run.already += len(rows) - added
     return run
+
+
+def _seed_present(client: redis.Redis, streams: list[str], set_key: str) -> int:
+    """Put the event id of every entry on `streams` into the run's set; return how many.
+
+    After a Redis reset the streams hold only what the relay published since, so this
+    keeps a replay of the lost window from adding anything twice.
+    """
+    seen = 0
+    with redis_errors("XRANGE"):
+        for stream in streams:
+            last = "-"
+            while True:
+                chunk: Any = client.xrange(stream, min=last, count=1000)
+                if last != "-":
+                    chunk = chunk[1:]
+                if not chunk:
+                    break
+                ids = [str(f["event_id"]) for _, f in chunk if f.get("event_id")]
+                if ids:
+                    client.sadd(set_key, *ids)
+                    client.expire(set_key, RUN_TTL_S)
+                    seen += len(ids)
+                last = str(chunk[-1][0])
+    return seen

@@ -15,6 +15,7 @@ import orjson
 import redis
 
 from cdc import luascripts
+from cdc.contracts import key_text
 from cdc.redisconn import redis_errors
 from cdc.sink import ENTRY_FIELDS
 
@@ -44,7 +45,7 @@ class Row:
         idem = body.get("idempotency_key") if isinstance(body, dict) else None
         return [
             self.event_id, self.event_type, self.aggregate_type, self.aggregate_id,
-            self.tenant_id, self.payload, "" if idem is None else str(idem), self.created_at,
+            self.tenant_id, self.payload, key_text(idem, self.payload), self.created_at,
             "", replay,
         ]
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from cdc.route import Router
 
 DEFAULT_ROUTES = "WATCH_*=axiom:watches,WORKER_*=axiom:workers,*=axiom:core:events"
 SQL_DIR = Path(__file__).resolve().parent.parent / "sql"
@@ -40,6 +42,13 @@ class Settings(BaseSettings):
     metrics_sample_s: float = Field(5.0, gt=0)
     migrations_dir: Path = SQL_DIR
     weaver_secret_key: SecretStr | None = None
+
+    @field_validator("routes")
+    @classmethod
+    def _routes_parse(cls, value: str) -> str:
+        """Reject bad CDC_ROUTES here, before anything touches PostgreSQL or Redis."""
+        Router(value)  # raises ConfigError naming the rule
+        return value
 
     def group_names(self) -> list[str]:
         """Return the configured consumer groups."""

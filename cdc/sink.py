@@ -2,7 +2,9 @@
 
 A batch travels as one MessagePack argument per stream (luascripts.pack);
 commands are written without waiting and replies read in order, so several batches are
-in flight while the relay keeps decoding.
+in flight while the relay keeps decoding. Each command names the last dedup key the
+previous command for its stream carried: the script refuses the batch unless that one
+landed, so an error reply can never be followed by a batch that moves the mark past it.
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ ENTRY_FIELDS = (
     "event_id", "event_type", "aggregate_type", "aggregate_id", "tenant_id",
     "payload", "idempotency_key", "created_at", "commit_lsn",
 )
-DLQ_FIELDS = (*ENTRY_FIELDS, "error", "original_stream")
+DLQ_FIELDS = (
+    *ENTRY_FIELDS, "error", "original_stream", "payload_bytes", "payload_truncated"
+)
 _NAMES = {
     ENTRY_FIELDS: luascripts.pack(ENTRY_FIELDS), DLQ_FIELDS: luascripts.pack(DLQ_FIELDS)
 }
@@ -41,18 +45,28 @@ class RedisSink:
         self._maxlen = maxlen
         self._conn: Any = None
         self._sha = ""
-        self._expected = 0
+        self._last: dict[str, str] = {}  # stream -> last dedup key sent this connection
 
     def connect(self) -> None:
         """Open the connection and load the publish script."""
         try:
             self._conn = self._pool.make_connection()
             self._conn.connect()
+            self._last.clear()
             self._conn.send_command("SCRIPT", "LOAD", PUBLISH_LUA)
             self._sha = self._conn.read_response().decode()
         except (redis.RedisError, OSError) as e:
             self.close()
             raise translate(e, "connect") from None
+
+    def instance_token(self, fresh: str) -> str:
+        """Return the Redis instance token, writing `fresh` first if Redis has none."""
+        try:
+            self._conn.send_command("SET", keys.REDIS_INSTANCE, fresh, "NX", "GET")
+            old = self._conn.read_response()
+        except (redis.RedisError, OSError) as e:
+            raise translate(e, "SET") from None
+        return fresh if old is None else bytes(old).decode()
 
     def ensure_groups(self, streams: Iterable[str], groups: Iterable[str]) -> None:
         """Create each consumer group on each stream (MKSTREAM), ignoring existing ones."""
@@ -74,11 +88,15 @@ class RedisSink:
         Each entry is [dedup key, *values]; values follow `names[stream]` (default
         ENTRY_FIELDS).
         """
-        cmds = [
-            ("EVALSHA", self._sha, 2, stream, keys.hwm(stream), self._maxlen,
-             _NAMES[names.get(stream, ENTRY_FIELDS)], luascripts.pack(entries))
-            for stream, entries in by_stream.items()
-        ]
+        last = self._last
+        cmds = []
+        for stream, entries in by_stream.items():
+            cmds.append((
+                "EVALSHA", self._sha, 2, stream, keys.hwm(stream), self._maxlen,
+                _NAMES[names.get(stream, ENTRY_FIELDS)], luascripts.pack(entries),
+                last.get(stream, ""),
+            ))
+            last[stream] = entries[-1][0]
         try:
             self._conn.send_packed_command(self._conn.pack_commands(cmds), check_health=False)
         except (redis.RedisError, OSError) as e:

@@ -13,9 +13,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+import redis
 from psycopg import sql
 
-from cdc import db, dlq, keys, redisconn, slots
+from cdc import db, dlq, keys, redisconn, redisstate, slots
 from cdc.errors import CdcError
 from cdc.route import Router
 from cdc.settings import Settings
@@ -127,12 +128,38 @@ def _postgres(settings: Settings, snap: Snapshot, limits: Limits) -> None:
                     f"the oldest PENDING row is {snap.lag_seconds:.0f} s old: delivery is"
                     " stalled or far behind (see docs/runbook.md, silently stalled pipeline)"
                 )
+        _reset_problems(conn, settings, snap)
         waiting, _ = dlq.counts(conn, settings)
         snap.dead_letters_waiting = waiting
         if waiting:
             snap.problems.append(
                 f"{waiting} dead letter(s) not replayed (fix: cdc dlq list; cdc dlq replay)"
             )
+
+
+def _reset_problems(conn: db.Conn, settings: Settings, snap: Snapshot) -> None:
+    """Report a recorded Redis reset, and a Redis that lost its token since the relay saw it."""
+    reset = redisstate.unacknowledged(conn, settings.slot)
+    if reset is not None:
+        snap.problems.append(reset.problem())
+        return
+    row = conn.execute(
+        "SELECT instance FROM public.cdc_redis_state WHERE slot_name = %s", (settings.slot,)
+    ).fetchone()
+    if row is None:
+        return
+    try:
+        with redisconn.connect(settings.redis_url.get_secret_value()) as client:
+            token = client.get(keys.REDIS_INSTANCE)
+    except (CdcError, redis.RedisError):
+        return  # the Redis section reports it
+    if token != row[0]:
+        snap.problems.append(
+            "Redis lost its streams since the relay last connected (its instance token is"
+            " gone or different): the relay records the reset when it reconnects; then"
+            " republish with `cdc replay --since <oldest unconsumed> --until <reset>"
+            " --skip-present --ack-reset`"
+        )
 
 
 def _slot_problems(st: slots.SlotStatus, snap: Snapshot, limits: Limits) -> None:

@@ -278,7 +278,30 @@ def check_invariants(
     assert set(dlq) == dead == (poison or set()), (sorted(dlq), sorted(dead))
     if write_back:
         assert unpublished == 0, f"{unpublished} rows not marked PUBLISHED"
+    assert_published_rows_have_entries(dsn, rds)
     return f
+
+
+def assert_published_rows_have_entries(dsn: str, rds: redis.Redis) -> None:
+    """Assert: no row PUBLISHED without its entry; every DEAD_LETTER row complete.
+
+    A dead letter is complete with its event_dead_letter row and exactly one DLQ entry.
+    """
+    on_streams = {e["event_id"] for s in STREAMS for e in stream_events(rds, s)}
+    dlq = [e["event_id"] for e in stream_events(rds, DLQ)]
+    with psycopg.connect(dsn) as conn:
+        published = {r[0] for r in conn.execute(
+            "SELECT id::text FROM event_outbox WHERE status = 'PUBLISHED'")}
+        dead = {r[0] for r in conn.execute(
+            "SELECT id::text FROM event_outbox WHERE status = 'DEAD_LETTER'")}
+        dead_rows = {r[0] for r in conn.execute(
+            "SELECT event_id::text FROM event_dead_letter")}
+    missing = published - on_streams
+    assert not missing, f"{len(missing)} rows PUBLISHED without their entry: {sorted(missing)[:5]}"
+    assert dead == dead_rows == set(dlq) and len(dlq) == len(set(dlq)), (
+        f"dead letters incomplete: {len(dead)} rows DEAD_LETTER, {len(dead_rows)}"
+        f" event_dead_letter rows, {len(dlq)} DLQ entries ({len(set(dlq))} distinct)"
+    )
 
 
 def poison_ids(dsn: str) -> set[str]:

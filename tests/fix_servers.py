@@ -20,6 +20,7 @@ import redis
 from cdc import migrate
 from cdc.localservers import LocalPostgres, LocalRedis
 from cdc.settings import SQL_DIR, Settings
+from tests.opsutil import Cli
 
 TEMPLATE_DB = "cdc_template"
 _counter = itertools.count(1)
@@ -178,3 +179,11 @@ def rds(redis_url: str) -> Iterator[redis.Redis]:
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     yield client
     client.close()
+
+
+@pytest.fixture
+def cli(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Cli:
+    """Run `cdc ...` in-process against this test's servers (tests/opsutil.Cli)."""
+    return Cli(settings, monkeypatch, capsys)

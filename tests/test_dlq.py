@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import psycopg
-import pytest
 import redis
 
 from cdc import keys
@@ -16,11 +15,6 @@ from tests.relayutil import cdc, stream_events
 BAD = '{"case_id": "c9", "idempotency_key": "k9"}'  # CASE_CREATED without its status
 
 
-@pytest.fixture
-def cli(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Cli:
-    return Cli(settings, monkeypatch, capsys)
 
 
 def dead_letter(settings: Settings, dsn: str) -> str:

@@ -13,7 +13,16 @@ from pydantic import SecretStr
 
 from cdc.localservers import LocalRedis
 from cdc.settings import Settings
-from tests.relayutil import cdc, insert_cases, relay, start_relay, stream_events, wait_for
+from tests.chaosutil import Producer
+from tests.relayutil import (
+    cdc,
+    insert_cases,
+    relay,
+    slot_active,
+    start_relay,
+    stream_events,
+    wait_for,
+)
 
 
 def assert_exactly_once_in_order(events: list[dict[str, str]], n: int) -> None:
@@ -31,23 +40,32 @@ def test_kill9_during_50k_run_then_restart(
 ) -> None:
     n = 50_000
     assert cdc(settings, "slot", "create").returncode == 0
-    producer = threading.Thread(target=insert_cases, args=(pg_dsn, n), kwargs={"per_tx": 250})
-    producer.start()
+    producer = Producer(pg_dsn, n, per_tx=250, pause=0.02, lean=True)  # ~5 s of inserts
+    thread = producer.start()
     rng = random.Random(7)
-    kills = 0
+    at_kill: list[int] = []
     for _ in range(3):
         proc = start_relay(settings)
-        time.sleep(rng.uniform(0.5, 1.5))
+        # Kill only a relay that holds the slot and is publishing: one that never started,
+        # or died by itself, would make this a test of nothing.
+        wait_for(lambda: slot_active(pg_dsn, settings.slot), what="the relay to hold the slot")
+        before = rds.xlen("axiom:core:events")
+        wait_for(lambda b=before: rds.xlen("axiom:core:events") > b or producer.done == n,
+                 what="the relay to publish")
+        time.sleep(rng.uniform(0.1, 0.8))
+        assert proc.poll() is None, "the relay exited before it was killed"
         proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        kills += 1
-    producer.join()
+        assert proc.wait(10) == -signal.SIGKILL
+        at_kill.append(int(rds.xlen("axiom:core:events")))
+    thread.join(120)
+    assert producer.error is None and producer.done == n
     with relay(settings):
         wait_for(lambda: rds.xlen("axiom:core:events") >= n, timeout=120, what=f"{n} entries")
         time.sleep(0.5)  # anything extra (a duplicate) would land now
     events = stream_events(rds)
-    print(f"kill -9 run: events={n} kills={kills} entries={len(events)}")
-    assert kills == 3
+    print(f"kill -9 run: events={n} entries_at_kills={at_kill} entries={len(events)}")
+    # Every kill landed mid-run: each life published more, and the first was cut short.
+    assert at_kill == sorted(at_kill) and len(set(at_kill)) >= 2 and at_kill[0] < n, at_kill
     assert_exactly_once_in_order(events, n)
 
 

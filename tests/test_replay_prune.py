@@ -6,7 +6,6 @@ import threading
 from datetime import UTC, datetime, timedelta
 
 import psycopg
-import pytest
 import redis
 
 from cdc.settings import Settings
@@ -17,11 +16,6 @@ CASE = '{"case_id": "c", "status": "OPEN"}'
 WATCH = '{"watch_id": "w", "alert_id": "a", "severity": "HIGH"}'
 
 
-@pytest.fixture
-def cli(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Cli:
-    return Cli(settings, monkeypatch, capsys)
 
 
 def iso(t: datetime) -> str:

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import pytest
 import redis
 
 from cdc.settings import Settings
 from tests.opsutil import Cli
 from tests.relayutil import insert_cases, relay, wait_for
-
-
-@pytest.fixture
-def cli(
-    settings: Settings, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Cli:
-    return Cli(settings, monkeypatch, capsys)
 
 
 def slot_json(cli: Cli) -> dict[str, object]:

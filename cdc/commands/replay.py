@@ -7,7 +7,7 @@ import sys
 
 import orjson
 
-from cdc import db, redisconn
+from cdc import db, redisconn, redisstate
 from cdc import replay as replaylib
 from cdc.commands import checked
 from cdc.settings import Settings
@@ -26,6 +26,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--event-type", help="only this event type")
     p.add_argument("--tenant", help="only this tenant")
     p.add_argument("--id", help="resume the replay run with this id (no duplicates)")
+    p.add_argument(
+        "--skip-present", action="store_true",
+        help="leave out events already on their stream (recovering from a Redis reset)",
+    )
+    p.add_argument(
+        "--ack-reset", action="store_true",
+        help="afterwards, acknowledge the Redis reset `cdc status` reports",
+    )
     p.add_argument("--dry-run", action="store_true", help="count the rows, publish nothing")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=run)
@@ -38,6 +46,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         until=parse_time(args.until) if args.until else None,
         event_type=args.event_type,
         tenant=args.tenant,
+        skip_present=args.skip_present,
     )
     if rng.until is not None and rng.until <= rng.since:
         print("cdc replay: --until must be after --since", file=sys.stderr)
@@ -49,12 +58,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         else:
             with redisconn.connect(settings.redis_url.get_secret_value()) as client:
                 run = replaylib.replay(conn, client, settings, rng, replay_id=replay_id)
+            if args.ack_reset:
+                acked = redisstate.acknowledge(conn, settings.slot)
+                print("Redis reset acknowledged" if acked else "no Redis reset to acknowledge",
+                      file=sys.stderr)
     if args.json:
         print(orjson.dumps(run.as_dict()).decode())
         return 0
     verb = "would republish" if args.dry_run else "republished"
     print(f"replay {run.replay_id}: {run.rows} row(s) matched, {verb} {run.added}"
-          f" ({run.already} already done by this run id, {run.unroutable} without a route)")
+          f" ({run.already} already done by this run id or on the stream,"
+          f" {run.unroutable} without a route)")
+    if args.skip_present:
+        print(f"  {run.present} event(s) already on the streams were left out")
     for stream, n in sorted(run.by_stream.items()):
         print(f"  {stream}: {n}")
     if not args.dry_run:

@@ -1,0 +1,396 @@
+"""Delivery under partial failures (issue [1/5]): refused batches, commits decoded before they
+are visible, the least-privilege role, oversized dead letters, a Redis reset, and errors that
+must stop the relay with a hint instead of retrying forever. Real PostgreSQL and Redis.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+import psycopg
+import pytest
+import redis
+from pydantic import SecretStr
+
+from cdc import keys, luascripts
+from cdc.errors import SinkError
+from cdc.localservers import LocalPostgres, LocalRedis, free_port
+from cdc.redisconn import translate
+from cdc.settings import Settings
+from cdc.sink import ENTRY_FIELDS, PUBLISH_LUA, RedisSink
+from tests.chaosutil import assert_published_rows_have_entries
+from tests.opsutil import Cli
+from tests.relayutil import cdc, insert_cases, relay, slot_active, stream_events, wait_for
+
+_roles = itertools.count(1)
+DLQ = keys.DLQ
+
+
+def _entry(key: str, event_id: str) -> list[str]:
+    return [key, event_id, "CASE_CREATED", "case", "a1", "t1", "{}", "", "now", "0/1"]
+
+
+def test_error_reply_to_a_batch_refuses_every_later_batch_of_its_stream(
+    redis_url: str, rds: redis.Redis
+) -> None:
+    """Batch 2 gets an error reply; batch 3, already in flight, must not move the mark."""
+    sink = RedisSink(redis_url)
+    sink.connect()
+    try:
+        stream = "axiom:core:events"
+        ok1 = {stream: [_entry("k1", "e1")]}
+        broken = {stream: [["k2", "e2", "CASE_CREATED"]]}  # too few values: XADD refuses it
+        ok3 = {stream: [_entry("k3", "e3")]}
+        n = sink.send(ok1, {}) + sink.send(broken, {}) + sink.send(ok3, {})
+        assert sink.read_replies(1) == 1
+        with pytest.raises(SinkError):
+            sink.read_replies(1)
+        # Old protocol: batch 3 was accepted and its mark k3 hid k2 from every replay.
+        with pytest.raises(SinkError, match="an earlier batch did not land"):
+            sink.read_replies(n - 2)
+    finally:
+        sink.close()
+    assert rds.get(keys.hwm("axiom:core:events")) == "k1"
+    assert [e["event_id"] for e in stream_events(rds)] == ["e1"]
+
+
+def test_publish_script_keeps_the_mark_at_what_landed(rds: redis.Redis) -> None:
+    """The script refuses a gap whole and, on a failing XADD, marks exactly what landed."""
+    sha = rds.script_load(PUBLISH_LUA)
+    names = luascripts.pack(ENTRY_FIELDS)
+    stream, hwm = "s:x", keys.hwm("s:x")
+    entries = [_entry("k1", "e1"), ["k2", "e2"], _entry("k3", "e3")]
+    with pytest.raises(redis.ResponseError):
+        rds.evalsha(sha, 2, stream, hwm, 0, names, luascripts.pack(entries), "")
+    assert rds.get(hwm) == "k1" and rds.xlen(stream) == 1
+    with pytest.raises(redis.ResponseError, match="CDCGAP"):
+        rds.evalsha(sha, 2, stream, hwm, 0, names, luascripts.pack([_entry("k4", "e4")]), "k3")
+    assert rds.get(hwm) == "k1" and rds.xlen(stream) == 1
+    added = rds.evalsha(sha, 2, stream, hwm, 0, names,
+                        luascripts.pack([_entry("k1", "e1"), _entry("k2", "e2")]), "k1")
+    assert added == 1 and rds.get(hwm) == "k2"
+
+
+def test_oom_reply_carries_the_redis_is_full_hint(rds: redis.Redis) -> None:
+    """redis-py 8 raises OutOfMemoryError without "OOM" in its text: the hint must still show."""
+    rds.config_set("maxmemory", 1)
+    try:
+        with pytest.raises(redis.ResponseError) as caught:
+            rds.set("x", "y")
+    finally:
+        rds.config_set("maxmemory", 0)
+    err = translate(caught.value, "XADD")
+    assert "Redis is full" in err.hint and "OOM" in str(err)
+
+
+def test_commits_decoded_before_they_are_visible(tmp_path: Path, redis_url: str) -> None:
+    """Synchronous replication to a standby that never answers: commits wait, invisible."""
+    # Every commit that writes waits for the standby, the relay's own included; migrations
+    # and the slot are made first, then the standby is required.
+    with LocalPostgres() as pg:
+        dsn = _migrated_db(pg)
+        s = Settings(database_url=SecretStr(dsn), redis_url=SecretStr(redis_url),
+                     slot="cdc_syncrep")
+        rds = redis.Redis.from_url(redis_url, decode_responses=True)
+        assert cdc(s, "slot", "create").returncode == 0
+        with psycopg.connect(dsn, autocommit=True) as c:  # to read the commits' LSNs
+            c.execute("SELECT pg_create_logical_replication_slot('peek', 'wal2json')")
+            c.execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
+            c.execute("SELECT pg_reload_conf()")
+        waiting: list[threading.Thread] = []
+        for i in range(3):  # 20 valid events in three transactions, one breaking its contract
+            bad = ", ('t1', 'case', 'x', 'CASE_CREATED', '{\"status\": \"OPEN\"}')"
+            bad = bad if i == 1 else ""
+            values = ", ".join(
+                f"('t1', 'case', 'a{i}', 'CASE_CREATED',"
+                f" '{{\"case_id\": \"c{i}-{j}\", \"status\": \"OPEN\"}}')"
+                for j in range(7 if i < 2 else 6)
+            )
+            sql = ("INSERT INTO event_outbox (tenant_id, aggregate_type, aggregate_id, event_type,"
+                   f" payload) VALUES {values}{bad}")
+            t = threading.Thread(target=_commit_ignoring_cancel, args=(dsn, sql), daemon=True)
+            t.start()
+            waiting.append(t)
+        with relay(s, str(tmp_path / "relay.log")):
+            with psycopg.connect(dsn, autocommit=True) as c:
+                wait_for(lambda: len(_commit_lsns(c)) == 3, what="three commits in the WAL")
+                # The old relay had published the 20, marked nothing (0 rows matched) and
+                # confirmed past the three commits within a second.
+                time.sleep(3)
+                assert _status_counts(c) == {}  # the 21 rows are not visible yet
+                assert slot_lsn(c, "cdc_syncrep") <= min(_commit_lsns(c))  # none confirmed
+
+                def cancelled_and_done() -> bool:
+                    # Cancel every wait (a cancelled commit stays committed locally), the
+                    # relay's own write-backs included, until all is written back.
+                    c.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_activity"
+                              " WHERE wait_event = 'SyncRep'")
+                    time.sleep(0.1)
+                    return _status_counts(c) == {"PUBLISHED": 20, "DEAD_LETTER": 1}
+
+                wait_for(cancelled_and_done, timeout=40, what="every row written back")
+            for t in waiting:
+                t.join(10)
+            wait_for(lambda: rds.xlen(DLQ) == 1, what="one DLQ entry")
+            assert rds.xlen("axiom:core:events") == 20
+            time.sleep(0.5)
+            assert_published_rows_have_entries(dsn, rds)
+        rds.close()
+
+
+def _migrated_db(pg: LocalPostgres) -> str:
+    from cdc import migrate
+    from tests.fix_servers import SQL_DIR
+
+    with psycopg.connect(pg.dsn, autocommit=True) as conn:
+        conn.execute("CREATE DATABASE syncrep")
+    dsn = pg.dsn.rsplit("/", 1)[0] + "/syncrep"
+    migrate.apply(dsn, SQL_DIR)
+    return dsn
+
+
+def _commit_ignoring_cancel(dsn: str, sql: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(sql)  # waits for the standby; a cancel leaves it committed locally
+
+
+def _commit_lsns(conn: psycopg.Connection[tuple[object, ...]]) -> list[int]:
+    rows = conn.execute(
+        "SELECT lsn - '0/0'::pg_lsn FROM pg_logical_slot_peek_changes('peek', NULL, NULL,"
+        " 'format-version', '2') WHERE data::jsonb->>'action' = 'C'").fetchall()
+    return [int(str(r[0])) for r in rows]
+
+
+def _status_counts(conn: psycopg.Connection[tuple[object, ...]]) -> dict[str, int]:
+    return {str(k): int(str(v)) for k, v in conn.execute(
+        "SELECT status, count(*) FROM event_outbox GROUP BY 1")}
+
+
+def slot_lsn(conn: psycopg.Connection[tuple[object, ...]], slot: str) -> int:
+    row = conn.execute("SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots"
+                       " WHERE slot_name = %s", (slot,)).fetchone()
+    assert row is not None
+    return int(str(row[0]))
+
+
+def _relay_role(pg_dsn: str) -> tuple[str, str]:
+    role = f"relay_lp_{next(_roles)}_{free_port()}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN REPLICATION IN ROLE cdc_relay")
+    return role, pg_dsn.replace("postgres@", f"{role}@")
+
+
+def _levels(findings: list[dict[str, str]]) -> dict[str, dict[str, str]]:
+    return {f["check"]: f for f in findings}
+
+
+def test_least_privilege_role_runs_the_relay_and_doctor_names_a_revoked_grant(
+    settings: Settings, pg_dsn: str, rds: redis.Redis, cli: Cli, tmp_path: Path
+) -> None:
+    _, dsn = _relay_role(pg_dsn)
+    s = settings.model_copy(update={"database_url": SecretStr(dsn)})
+    cli.settings = s
+    found = _levels(cli("doctor", "--json").json())
+    assert found["grants"]["level"] == "ok" and found["role"]["level"] == "ok", found
+    assert found["migrations"]["level"] == "ok" and found["wal2json"]["level"] == "ok", found
+    good = '{"case_id": "c1", "status": "OPEN"}'
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        for payload in (good, '{"status": "OPEN"}', good):  # the middle one is a dead letter
+            conn.execute("INSERT INTO event_outbox (tenant_id, aggregate_type, aggregate_id,"
+                         " event_type, payload) VALUES ('t1', 'case', 'a', 'CASE_CREATED', %s)",
+                         (payload,))
+    res = cdc(s, "run", "--once", timeout=60)
+    assert res.returncode == 0, res.stderr
+    assert rds.xlen("axiom:core:events") == 2 and rds.xlen(DLQ) == 1
+    assert_published_rows_have_entries(pg_dsn, rds)
+
+    # One privilege revoked from the group role: doctor fails and names the one statement.
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("REVOKE USAGE ON SEQUENCE public.event_dead_letter_id_seq FROM cdc_relay")
+    bad = _levels(cli("doctor", "--json").json())["grants"]
+    fix = 'GRANT USAGE ON SEQUENCE public.event_dead_letter_id_seq TO "cdc_relay";'
+    assert bad["level"] == "FAIL" and bad["fix"] == fix, bad
+    # ...and the relay, meeting a dead letter, stops with the hint (exit 2), no retry loop.
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO event_outbox (tenant_id, aggregate_type, aggregate_id,"
+                     " event_type, payload) VALUES ('t1', 'case', 'a', 'CASE_CREATED',"
+                     " '{\"status\": \"x\"}')")
+    t0 = time.monotonic()
+    stopped = cdc(s, "run", timeout=60)
+    assert stopped.returncode == 2, stopped.stderr
+    assert "permission denied" in stopped.stderr and "GRANT cdc_relay" in stopped.stderr
+    assert time.monotonic() - t0 < 30
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(fix)
+    assert _levels(cli("doctor", "--json").json())["grants"]["level"] == "ok"
+    assert cdc(s, "run", "--once", timeout=60).returncode == 0
+    assert rds.xlen(DLQ) == 2
+    assert_published_rows_have_entries(pg_dsn, rds)
+
+
+def test_migration_006_grants_cdc_relay_exactly_what_doctor_checks(pg_dsn: str) -> None:
+    from cdc import privileges
+
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        granted = {
+            (f"{r[0]}.{r[1]}", str(r[2])) for r in conn.execute(
+                "SELECT table_schema, table_name, privilege_type FROM"
+                " information_schema.role_table_grants WHERE grantee = 'cdc_relay'")
+        } | {
+            (f"{r[0]}.{r[1]}", "USAGE") for r in conn.execute(
+                "SELECT object_schema, object_name FROM information_schema.usage_privileges"
+                " WHERE grantee = 'cdc_relay' AND object_type = 'SEQUENCE'")
+        }
+        wanted = {
+            (n.name, p) for n in privileges.relay_needs("public.event_outbox")
+            if n.kind != "schema" for p in n.privileges
+        }
+        assert granted == wanted
+        row = conn.execute("SELECT has_schema_privilege('cdc_relay', 'public', 'USAGE')")
+        assert row.fetchone() == (True,)
+
+
+def test_oversized_payload_dead_letter_keeps_identity_size_and_a_prefix(
+    settings: Settings, pg_dsn: str, rds: redis.Redis
+) -> None:
+    big = "x" * 3_000_000
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        eid = str(conn.execute(
+            "INSERT INTO event_outbox (tenant_id, aggregate_type, aggregate_id, event_type,"
+            " payload) VALUES ('t1', 'case', 'a', 'CASE_CREATED', jsonb_build_object("
+            "'case_id', 'c', 'status', 'OPEN', 'blob', %s::text)) RETURNING id::text", (big,),
+        ).fetchone()[0])  # type: ignore[index]
+    assert cdc(settings, "run", "--once", timeout=60).returncode == 0
+    (entry,) = stream_events(rds, DLQ)
+    assert entry["event_id"] == eid and entry["payload_truncated"] == "1"
+    assert int(entry["payload_bytes"]) > 3_000_000
+    assert len(entry["payload"].encode()) <= 4096 and big[:1000] in entry["payload"]
+    with psycopg.connect(pg_dsn) as conn:
+        row = conn.execute(
+            "SELECT payload_truncated, payload_bytes, octet_length(payload::text),"
+            " payload->>'truncated', event_id::text FROM event_dead_letter").fetchone()
+    assert row is not None
+    assert row[0] is True and row[1] > 3_000_000 and row[2] < 5000 and row[3] == "true"
+    assert row[4] == eid
+    assert_published_rows_have_entries(pg_dsn, rds)
+
+
+def _metric(port: int, name: str) -> float | None:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+@pytest.mark.parametrize("how", ["flushall", "replaced"])
+def test_redis_reset_mid_run_is_reported_and_recovered_without_duplicates(
+    how: str, settings: Settings, pg_dsn: str, cli: Cli, tmp_path: Path
+) -> None:
+    with LocalRedis() as server:
+        s = settings.model_copy(update={"redis_url": SecretStr(server.url)})
+        cli.settings = s
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        port = free_port()
+        assert cdc(s, "slot", "create").returncode == 0
+        with relay(s, str(tmp_path / "relay.log"), CDC_METRICS_PORT=str(port),
+                   CDC_METRICS_SAMPLE_S="0.2"):
+            insert_cases(pg_dsn, 3000, tag="a")
+            wait_for(lambda: client.xlen("axiom:core:events") == 3000, what="3000 entries")
+            assert _metric(port, "core_relay_redis_reset") == 0
+            if how == "flushall":
+                client.flushall()
+            else:
+                server.kill()  # a new, empty instance on the same address
+                server.start()
+                client = redis.Redis.from_url(server.url, decode_responses=True)
+            insert_cases(pg_dsn, 2000, tag="b")
+            wait_for(lambda: client.xlen("axiom:core:events") == 2000, timeout=30,
+                     what="the events after the reset")
+            wait_for(lambda: _metric(port, "core_relay_redis_reset") == 1,
+                     what="the reset metric")
+            status = cli("status")
+            assert status.code == 1 and "Redis lost its streams" in status.out, status.out
+            doctor = _levels(cli("doctor", "--json").json())["redis_reset"]
+            assert doctor["level"] == "FAIL" and "--skip-present" in doctor["fix"]
+            time.sleep(0.5)
+            ids = [e["event_id"] for e in stream_events(client)]
+            assert len(ids) == len(set(ids)) == 2000  # nothing twice meanwhile
+            # The recovery the problem names: nothing lost, nothing twice.
+            res = cli("replay", "--since", "1h", "--skip-present", "--ack-reset")
+            assert res.code == 0, res.err
+            assert "Redis reset acknowledged" in res.err
+            ids = [e["event_id"] for e in stream_events(client)]
+            assert len(ids) == len(set(ids)) == 5000
+            assert "Redis lost" not in cli("status").out
+        assert "Redis lost its state" in (tmp_path / "relay.log").read_text()
+        client.close()
+
+
+def test_slot_dropped_under_a_running_relay_is_created_again(
+    settings: Settings, pg_dsn: str, rds: redis.Redis, tmp_path: Path
+) -> None:
+    with relay(settings, str(tmp_path / "relay.log")):
+        wait_for(lambda: slot_active(pg_dsn, settings.slot), what="the slot held")
+        insert_cases(pg_dsn, 10, tag="a")
+        wait_for(lambda: rds.xlen("axiom:core:events") == 10, what="10 entries")
+        with psycopg.connect(pg_dsn, autocommit=True) as conn:
+            def dropped() -> bool:
+                conn.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                             " WHERE slot_name = %s AND active_pid IS NOT NULL", (settings.slot,))
+                try:
+                    conn.execute("SELECT pg_drop_replication_slot(%s)", (settings.slot,))
+                except psycopg.errors.ObjectInUse:
+                    return False
+                return True
+            wait_for(dropped, what="the slot dropped")
+        wait_for(lambda: slot_active(pg_dsn, settings.slot), timeout=30, what="the slot again")
+        insert_cases(pg_dsn, 10, tag="b")
+        wait_for(lambda: rds.xlen("axiom:core:events") == 20, what="events after the drop")
+    assert "created slot" in (tmp_path / "relay.log").read_text()
+
+
+def test_config_and_privilege_errors_stop_with_a_hint(
+    settings: Settings, pg_dsn: str, rds: redis.Redis
+) -> None:
+    bad_routes = cdc(settings, "run", CDC_ROUTES="*axiom:core:events", timeout=30)
+    assert bad_routes.returncode == 2 and "CDC_ROUTES" in bad_routes.stderr
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_replication_slots WHERE database ="
+                            " current_database()").fetchone() == (0,)  # no WAL pinned
+    assert cdc(settings, "slot", "create").returncode == 0
+    t0 = time.monotonic()
+    bad_table = cdc(settings, "run", CDC_OUTBOX_TABLE="public.no_such_outbox", timeout=30)
+    assert bad_table.returncode == 2, bad_table.stderr
+    assert "CDC_OUTBOX_TABLE" in bad_table.stderr and "fix:" in bad_table.stderr
+    role, dsn = _relay_role(pg_dsn)
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f"REVOKE cdc_relay FROM {role}")
+    denied = cdc(settings.model_copy(update={"database_url": SecretStr(dsn)}), "run",
+                 timeout=30)
+    assert denied.returncode == 2, denied.stderr
+    assert "permission denied" in denied.stderr and "GRANT cdc_relay" in denied.stderr
+    assert time.monotonic() - t0 < 40  # stopped, not retried with backoff forever
+
+
+@pytest.mark.parametrize("key", ['{"b": [1, 2.50], "a": true}', "true", "12.50", '"plain"'])
+def test_non_string_idempotency_key_reads_as_postgres_prints_it(
+    key: str, settings: Settings, pg_dsn: str, rds: redis.Redis
+) -> None:
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "INSERT INTO event_outbox (tenant_id, aggregate_type, aggregate_id, event_type,"
+            " payload) VALUES ('t1', 'thing', 'a', 'THING_HAPPENED',"
+            " jsonb_build_object('idempotency_key', %s::jsonb))"
+            " RETURNING payload->>'idempotency_key'", (key,),
+        ).fetchone()
+    assert row is not None
+    assert cdc(settings, "run", "--once", timeout=60).returncode == 0
+    (entry,) = stream_events(rds)
+    assert entry["idempotency_key"] == row[0], (entry["idempotency_key"], row[0])
+    assert orjson.loads(entry["payload"])["idempotency_key"] == orjson.loads(key)
