@@ -89,58 +89,68 @@ def test_oom_reply_carries_the_redis_is_full_hint(rds: redis.Redis) -> None:
 
 
 def test_commits_decoded_before_they_are_visible(tmp_path: Path, redis_url: str) -> None:
-    """Synchronous replication to a standby that never answers: commits wait, invisible."""
-    # Every commit that writes waits for the standby, the relay's own included; migrations
-    # and the slot are made first, then the standby is required.
+    """Synchronous replication to a standby that never answers: commits wait, invisible.
+
+    The relay is streaming (its own start-up writes done) before the standby is required;
+    from then on every commit that writes waits, the relay's own write-backs included.
+    """
     with LocalPostgres() as pg:
         dsn = _migrated_db(pg)
         s = Settings(database_url=SecretStr(dsn), redis_url=SecretStr(redis_url),
                      slot="cdc_syncrep")
         rds = redis.Redis.from_url(redis_url, decode_responses=True)
         assert cdc(s, "slot", "create").returncode == 0
-        with psycopg.connect(dsn, autocommit=True) as c:  # to read the commits' LSNs
+        with relay(s, str(tmp_path / "relay.log")), psycopg.connect(dsn, autocommit=True) as c:
             c.execute("SELECT pg_create_logical_replication_slot('peek', 'wal2json')")
+            insert_cases(dsn, 1, tag="warm")
+            wait_for(lambda: _status_counts(c) == {"PUBLISHED": 1}, what="a first event")
             c.execute("ALTER SYSTEM SET synchronous_standby_names = 'nobody'")
             c.execute("SELECT pg_reload_conf()")
-        waiting: list[threading.Thread] = []
-        for i in range(3):  # 20 valid events in three transactions, one breaking its contract
-            bad = ", ('t1', 'case', 'x', 'CASE_CREATED', '{\"status\": \"OPEN\"}')"
-            bad = bad if i == 1 else ""
-            values = ", ".join(
-                f"('t1', 'case', 'a{i}', 'CASE_CREATED',"
-                f" '{{\"case_id\": \"c{i}-{j}\", \"status\": \"OPEN\"}}')"
-                for j in range(7 if i < 2 else 6)
-            )
-            sql = ("INSERT INTO event_outbox (tenant_id, aggregate_type, aggregate_id, event_type,"
-                   f" payload) VALUES {values}{bad}")
-            t = threading.Thread(target=_commit_ignoring_cancel, args=(dsn, sql), daemon=True)
-            t.start()
-            waiting.append(t)
-        with relay(s, str(tmp_path / "relay.log")):
-            with psycopg.connect(dsn, autocommit=True) as c:
-                wait_for(lambda: len(_commit_lsns(c)) == 3, what="three commits in the WAL")
-                # The old relay had published the 20, marked nothing (0 rows matched) and
-                # confirmed past the three commits within a second.
-                time.sleep(3)
-                assert _status_counts(c) == {}  # the 21 rows are not visible yet
-                assert slot_lsn(c, "cdc_syncrep") <= min(_commit_lsns(c))  # none confirmed
+            time.sleep(0.5)
+            waiting = [
+                threading.Thread(target=_commit_ignoring_cancel, args=(dsn, sql), daemon=True)
+                for sql in _three_transactions()
+            ]
+            for t in waiting:
+                t.start()
+            wait_for(lambda: len(_commit_lsns(c)) == 4, what="three more commits in the WAL")
+            # The old relay had published the 20, marked nothing (0 rows matched) and
+            # confirmed past the three commits within a second.
+            time.sleep(3)
+            assert _status_counts(c) == {"PUBLISHED": 1}  # the 21 rows are not visible yet
+            assert slot_lsn(c, "cdc_syncrep") <= min(_commit_lsns(c)[1:])  # none confirmed
 
-                def cancelled_and_done() -> bool:
-                    # Cancel every wait (a cancelled commit stays committed locally), the
-                    # relay's own write-backs included, until all is written back.
-                    c.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_activity"
-                              " WHERE wait_event = 'SyncRep'")
-                    time.sleep(0.1)
-                    return _status_counts(c) == {"PUBLISHED": 20, "DEAD_LETTER": 1}
+            def cancelled_and_done() -> bool:
+                # Cancel every wait (a cancelled commit stays committed locally), the
+                # relay's own write-backs included, until all is written back.
+                c.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_activity"
+                          " WHERE wait_event = 'SyncRep'")
+                time.sleep(0.1)
+                return _status_counts(c) == {"PUBLISHED": 21, "DEAD_LETTER": 1}
 
-                wait_for(cancelled_and_done, timeout=40, what="every row written back")
+            wait_for(cancelled_and_done, timeout=40, what="every row written back")
             for t in waiting:
                 t.join(10)
             wait_for(lambda: rds.xlen(DLQ) == 1, what="one DLQ entry")
-            assert rds.xlen("axiom:core:events") == 20
+            assert rds.xlen("axiom:core:events") == 21
             time.sleep(0.5)
             assert_published_rows_have_entries(dsn, rds)
         rds.close()
+
+
+def _three_transactions() -> list[str]:
+    """Return 20 valid events in three INSERTs; the second also holds one breaking its contract."""
+    out = []
+    for i in range(3):
+        bad = ", ('t1', 'case', 'x', 'CASE_CREATED', '{\"status\": \"OPEN\"}')"
+        values = ", ".join(
+            f"('t1', 'case', 'a{i}', 'CASE_CREATED',"
+            f" '{{\"case_id\": \"c{i}-{j}\", \"status\": \"OPEN\"}}')"
+            for j in range(7 if i < 2 else 6)
+        )
+        out.append("INSERT INTO event_outbox (tenant_id, aggregate_type, aggregate_id,"
+                   f" event_type, payload) VALUES {values}{bad if i == 1 else ''}")
+    return out
 
 
 def _migrated_db(pg: LocalPostgres) -> str:
@@ -160,9 +170,13 @@ def _commit_ignoring_cancel(dsn: str, sql: str) -> None:
 
 
 def _commit_lsns(conn: psycopg.Connection[tuple[object, ...]]) -> list[int]:
+    """Return the commit LSNs of the transactions that inserted outbox rows, in order."""
     rows = conn.execute(
-        "SELECT lsn - '0/0'::pg_lsn FROM pg_logical_slot_peek_changes('peek', NULL, NULL,"
-        " 'format-version', '2') WHERE data::jsonb->>'action' = 'C'").fetchall()
+        "WITH ch AS (SELECT lsn, data::jsonb AS d FROM pg_logical_slot_peek_changes('peek',"
+        " NULL, NULL, 'format-version', '2', 'include-xids', '1'))"
+        " SELECT lsn - '0/0'::pg_lsn FROM ch WHERE d->>'action' = 'C' AND d->>'xid' IN"
+        " (SELECT d->>'xid' FROM ch WHERE d->>'action' = 'I' AND d->>'table' = 'event_outbox')"
+        " ORDER BY lsn").fetchall()
     return [int(str(r[0])) for r in rows]
 
 
