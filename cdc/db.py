@@ -50,6 +50,15 @@ def connect(
             hint="use postgresql://user:password@host:port/dbname",
         ) from None
     except psycopg.OperationalError as e:
+        text = " ".join(str(e).split())
+        if "must be superuser or replication role" in text:  # retrying cannot fix it
+            raise ConfigError(
+                f"CDC_DATABASE_URL: {redact(dsn)}: the role may not stream: {text}",
+                hint="ALTER ROLE <the relay's login role> WITH REPLICATION;",
+            ) from None
+        if "no pg_hba.conf entry" in text or "password authentication failed" in text:
+            raise ConfigError(f"CDC_DATABASE_URL: cannot connect to {redact(dsn)}: {text}",
+                              hint=hint) from None
         raise SourceError(
             f"CDC_DATABASE_URL: cannot connect to {redact(dsn)}: {e}", hint=hint
         ) from None

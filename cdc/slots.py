@@ -118,6 +118,11 @@ def create(settings: Settings, *, exist_ok: bool = False) -> str | None:
             if exist_ok:  # another relay created it a moment ago
                 return None
             raise ConfigError(f"replication slot {settings.slot} already exists") from None
+        except psycopg.errors.InsufficientPrivilege as e:
+            raise ConfigError(
+                f"cannot create slot {settings.slot}: {e}",
+                hint="ALTER ROLE <the relay's login role> WITH REPLICATION;",
+            ) from None
         except psycopg.Error as e:
             raise SourceError(
                 f"cannot create slot {settings.slot}: {e}",

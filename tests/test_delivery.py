@@ -389,6 +389,13 @@ def test_config_and_privilege_errors_stop_with_a_hint(
                  timeout=30)
     assert denied.returncode == 2, denied.stderr
     assert "permission denied" in denied.stderr and "GRANT cdc_relay" in denied.stderr
+    norep = f"relay_norep_{next(_roles)}_{free_port()}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {norep} LOGIN IN ROLE cdc_relay")  # no REPLICATION
+    cannot_stream = cdc(settings.model_copy(update={
+        "database_url": SecretStr(pg_dsn.replace("postgres@", f"{norep}@"))}), "run", timeout=30)
+    assert cannot_stream.returncode == 2, cannot_stream.stderr
+    assert "WITH REPLICATION" in cannot_stream.stderr
     assert time.monotonic() - t0 < 40  # stopped, not retried with backoff forever
 
 
