@@ -53,6 +53,7 @@ class DeadLetters:
         self._conn = conn
         self._max_retry = max_retry
         self._wait_s = visible_wait_s
+        self.last_error: EventError | None = None  # what fail() dead-lettered its event for
         t = db.table_ident(table)
         self._attempt = sql.SQL(
             "UPDATE {} SET retry_count = retry_count + 1, status = 'FAILED', last_error = %s"
@@ -76,6 +77,7 @@ class DeadLetters:
         Return its stream; None when the event is dead-lettered (publish its DLQ entry);
         SKIP when the row is PUBLISHED already (a replayed position: nothing to send).
         """
+        self.last_error = None
         while True:
             with self._conn.transaction():
                 too_large = isinstance(error, EventTooLarge)
@@ -129,6 +131,7 @@ class DeadLetters:
 
     def _dead_letter(self, event: OutboxEvent, error: EventError, retries: int, *,
                      mark: bool) -> None:
+        self.last_error = error
         if mark:
             self._conn.execute(self._mark_dead, (event.event_id,))
         payload, size, cut = kept_payload(event, error)

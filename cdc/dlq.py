@@ -34,9 +34,9 @@ _COLUMNS = (
 )
 # An oversized dead letter keeps only a prefix: its payload is read from the outbox row.
 _PAYLOAD = (
-    "CASE WHEN NOT payload_truncated THEN payload::text ELSE coalesce((SELECT o.payload::text"
-    " FROM {outbox} o WHERE o.id = event_id), payload::text) END"
-)
+    "CASE WHEN NOT payload_truncated THEN payload::text ELSE (SELECT o.payload::text"
+    " FROM {outbox} o WHERE o.id = event_id) END"
+)  # NULL when that row is gone: such a dead letter cannot be replayed
 
 
 def _columns(settings: Settings) -> sql.Composable:
@@ -55,7 +55,7 @@ class DeadLetter:
     tenant_id: str
     aggregate_type: str
     aggregate_id: str
-    payload: str
+    payload: str | None  # None: cut at the size limit, and its outbox row is gone
     stream: str | None
     error: str
     retry_count: int
@@ -68,14 +68,15 @@ class DeadLetter:
     def as_dict(self) -> dict[str, Any]:
         """Return the row as JSON-ready values (payload parsed)."""
         d = asdict(self)
-        d["payload"] = orjson.loads(self.payload)
+        d["payload"] = orjson.loads(self.payload) if self.payload is not None else None
         del d["created_text"]
         for k in ("created_at", "dead_lettered_at", "replayed_at"):
             d[k] = d[k].isoformat() if d[k] else None
         return d
 
     def row(self, dlq_entry: str = "") -> Row:
-        """Return the event as a row to republish."""
+        """Return the event as a row to republish (never one without its payload)."""
+        assert self.payload is not None
         return Row(
             self.event_id, self.event_type, self.aggregate_type, self.aggregate_id,
             self.tenant_id, self.payload, self.created_text, dlq_entry,
@@ -160,6 +161,7 @@ def dlq_entries(client: redis.Redis) -> dict[str, str]:
 
 def _check(dead: DeadLetter, registry: Registry, max_bytes: int) -> None:
     """Raise EventError when the relay would still refuse the event (size, contract)."""
+    assert dead.payload is not None
     if len(dead.payload.encode()) > max_bytes:
         raise EventError(f"payload is over {max_bytes} bytes")
     registry.validate(dead.event_type, orjson.loads(dead.payload))
@@ -186,6 +188,12 @@ def replay(
     entries = dlq_entries(client) if targets else {}
     by_stream: dict[str, list[Row]] = {}
     for dead in targets:
+        if dead.payload is None:
+            report.invalid[dead.event_id] = (
+                "its payload was over the size limit, only a prefix was kept, and its outbox"
+                " row (the full payload) is gone"
+            )
+            continue
         try:
             stream = router.route(dead.event_type)
             if validate:

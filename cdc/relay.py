@@ -30,7 +30,7 @@ from cdc.route import Router
 from cdc.settings import Settings
 from cdc.sink import DLQ_FIELDS, RedisSink
 from cdc.source import Keepalive, ReplicationStream
-from cdc.writeback import LINGER_S, WriteBack, id_list, mark_published
+from cdc.writeback import LINGER_S, WriteBack, bookkeeping, id_list, mark_published
 
 log = logging.getLogger(__name__)
 STATUS_MIN_INTERVAL = 0.01
@@ -112,7 +112,7 @@ class Publisher:
                 maybe = self.dead.fail(ev, e, check)
                 if maybe is None:
                     self.metrics.dead_lettered.inc()
-                    dead = dead_entry(ev, e, self._stream_or(ev))
+                    dead = dead_entry(ev, self.dead.last_error or e, self._stream_or(ev))
                     by_stream.setdefault(keys.DLQ, []).append(dead)
                     names[keys.DLQ] = DLQ_FIELDS
                     continue
@@ -176,12 +176,14 @@ class Session:
         try:
             # One relay per slot, from backfill on: the lock lives as long as `conn`.
             slots.lock(conn, self.s.slot)
+            bookkeeping(conn)
             _check_table(conn, self.s.outbox_table)
             sink.connect()
             reset = redisstate.observe(conn, self.s.slot, sink.instance_token(new_token()))
             self.metrics.redis_reset.set(1 if reset else 0)
             pub = Publisher(self.s, sink, conn, self.metrics)
             sink.ensure_groups(pub.prepare.router.streams(), self.s.group_names())
+            sink.prime([*pub.prepare.router.streams(), keys.DLQ])
             self.decoder.epoch = slots.epoch(conn, self.s.slot)
             if self.s.backfill and self.s.mark_published:
                 backfill(self.s, conn, pub, epoch=self.decoder.epoch)

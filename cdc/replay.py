@@ -9,6 +9,7 @@ duplicating anything; a new run id replays again.
 from __future__ import annotations
 
 import secrets
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -17,8 +18,8 @@ from typing import Any
 import redis
 from psycopg import sql
 
-from cdc import db, keys
-from cdc.errors import EventError
+from cdc import db, keys, redisstate
+from cdc.errors import CdcError, EventError
 from cdc.redisconn import redis_errors
 from cdc.republish import Republisher, Row
 from cdc.route import Router
@@ -104,10 +105,15 @@ def replay(
             client, set_key=keys.replay_run(replay_id), maxlen=settings.stream_maxlen,
             ttl_s=RUN_TTL_S,
         )
+    present = None
     if pub is not None and rng.skip_present:
         assert client is not None
-        run.present = _seed_present(client, router.streams(), keys.replay_run(replay_id))
+        wait_caught_up(conn, settings)
+        present = _Present(client, router.streams(), keys.replay_run(replay_id))
     for page in pages(conn, settings, rng, settings.batch_size):
+        if present is not None:
+            present.refresh()
+            run.present = present.seen
         run.rows += len(page)
         by_stream: dict[str, list[Row]] = {}
         for row in page:
@@ -124,26 +130,48 @@ def replay(
     return run
 
 
-def _seed_present(client: redis.Redis, streams: list[str], set_key: str) -> int:
-    """Put the event id of every entry on `streams` into the run's set; return how many.
+class _Present:
+    """The event ids on `streams`, put into a replay run's set, read on from where it left.
 
-    After a Redis reset the streams hold only what the relay published since, so this
-    keeps a replay of the lost window from adding anything twice.
+    After a Redis reset the streams hold only what the relay published since. Read again
+    before each page, this keeps a replay of the lost window from adding anything the relay
+    put back, also while it keeps publishing: it marks a row PUBLISHED only after Redis
+    acknowledged the row's entry, so a PUBLISHED row is on its stream by then.
     """
-    seen = 0
-    with redis_errors("XRANGE"):
-        for stream in streams:
-            last = "-"
-            while True:
-                chunk: Any = client.xrange(stream, min=last, count=1000)
-                if last != "-":
-                    chunk = chunk[1:]
-                if not chunk:
-                    break
-                ids = [str(f["event_id"]) for _, f in chunk if f.get("event_id")]
-                if ids:
-                    client.sadd(set_key, *ids)
-                    client.expire(set_key, RUN_TTL_S)
-                    seen += len(ids)
-                last = str(chunk[-1][0])
-    return seen
+
+    def __init__(self, client: redis.Redis, streams: list[str], set_key: str) -> None:
+        self._client = client
+        self._set_key = set_key
+        self._after = dict.fromkeys(streams, "-")
+        self.seen = 0
+
+    def refresh(self) -> None:
+        """Add the ids of the entries added since the last call."""
+        with redis_errors("XRANGE"):
+            for stream, last in self._after.items():
+                while True:
+                    chunk: Any = self._client.xrange(stream, min=last, count=1000)
+                    if last != "-":
+                        chunk = chunk[1:]
+                    if not chunk:
+                        break
+                    ids = [str(f["event_id"]) for _, f in chunk if f.get("event_id")]
+                    if ids:
+                        self._client.sadd(self._set_key, *ids)
+                        self._client.expire(self._set_key, RUN_TTL_S)
+                        self.seen += len(ids)
+                    last = self._after[stream] = str(chunk[-1][0])
+
+
+def wait_caught_up(conn: db.Conn, settings: Settings, *, timeout: float = 60.0) -> None:
+    """Wait until the relay re-published everything after an unacknowledged Redis reset."""
+    reset = redisstate.unacknowledged(conn, settings.slot)
+    deadline = time.monotonic() + timeout
+    while reset is not None and not redisstate.caught_up(conn, settings.slot, reset):
+        if time.monotonic() > deadline:
+            raise CdcError(
+                f"the relay has not yet confirmed slot {settings.slot} past the Redis reset"
+                f" ({reset.lsn}): events it will put back could be replayed twice",
+                hint="start the relay (or let it catch up: `cdc status`), then run again",
+            )
+        time.sleep(0.2)

@@ -68,6 +68,21 @@ class RedisSink:
             raise translate(e, "SET") from None
         return fresh if old is None else bytes(old).decode()
 
+    def prime(self, streams: Iterable[str]) -> None:
+        """Take each stream's mark as the key its first batch names (publish.lua's ARGV[4]).
+
+        So a Redis emptied after this session started is refused (CDCGAP) at its first batch
+        on any stream that had a mark, not only at the second.
+        """
+        try:
+            for stream in streams:
+                self._conn.send_command("GET", keys.hwm(stream))
+                mark = self._conn.read_response()
+                if mark is not None:
+                    self._last[stream] = bytes(mark).decode()
+        except (redis.RedisError, OSError) as e:
+            raise translate(e, "GET") from None
+
     def ensure_groups(self, streams: Iterable[str], groups: Iterable[str]) -> None:
         """Create each consumer group on each stream (MKSTREAM), ignoring existing ones."""
         group_list = list(groups)

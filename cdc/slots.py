@@ -96,7 +96,7 @@ def ensure(settings: Settings) -> bool:
                         f"table {table} does not exist", hint="run `cdc migrate`"
                     )
     except psycopg.Error as e:
-        raise SourceError(f"cannot inspect slot {settings.slot}: {e}") from None
+        raise db.translate(e, f"cannot inspect slot {settings.slot}") from None
     return create(settings, exist_ok=True) is not None
 
 
@@ -137,7 +137,10 @@ def create(settings: Settings, *, exist_ok: bool = False) -> str | None:
             # A slot without its backfill queue would never publish the rows before it.
             rconn.close()
             _drop_quietly(dsn, settings.slot)
-            raise SourceError(f"cannot queue the backfill of slot {settings.slot}: {e}") from None
+            what = f"cannot queue the backfill of slot {settings.slot}"
+            if isinstance(e, psycopg.Error):
+                raise db.translate(e, what) from None
+            raise SourceError(f"{what}: {e}") from None
     finally:
         rconn.close()
     log.info("created slot %s at %s", settings.slot, consistent)

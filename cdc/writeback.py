@@ -95,8 +95,18 @@ class Owed:
     since: float
 
 
+def bookkeeping(conn: db.Conn) -> None:
+    """Let the relay's own writes (marks, dead letters, its records) commit locally.
+
+    A synchronous standby that never answers must not hold the relay: a mark lost in a
+    failover is written again (delivery across a PostgreSQL failover is at-least-once).
+    """
+    conn.execute("SET synchronous_commit = local")
+
+
 def configure(conn: db.Conn) -> None:
     """Set up a session that runs only the write-back UPDATE."""
+    bookkeeping(conn)
     conn.execute("SET statement_timeout = '30s'")
     # Steer the UPDATE from a plain index scan, which visits the rows in id order (random
     # heap pages), to a bitmap scan of the primary key, which visits them in heap order:

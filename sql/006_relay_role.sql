@@ -12,6 +12,7 @@ CREATE TABLE IF NOT EXISTS public.cdc_redis_state (
     instance        text        NOT NULL,
     seen_at         timestamptz NOT NULL DEFAULT now(),
     reset_at        timestamptz,
+    reset_lsn       pg_lsn,  -- the WAL position when the reset was found
     reset_count     integer     NOT NULL DEFAULT 0,
     acknowledged_at timestamptz
 );
@@ -40,4 +41,4 @@ GRANT SELECT ON public.cdc_schema_migrations TO cdc_relay;
 
 -- cdc:record (everything above this line is checksummed; `cdc migrate --stamp` writes it)
 INSERT INTO public.cdc_schema_migrations (version, name, checksum)
-VALUES (6, 'relay_role', '6184718fda17adb32bee29f37f0f115b36fe8744fc7252ff0de050d8a569cfba') ON CONFLICT (version) DO NOTHING;
+VALUES (6, 'relay_role', '67a538b41c9b09ff30b304933f292ee64f5970a76d3019ad41dde50bdac454d4') ON CONFLICT (version) DO NOTHING;

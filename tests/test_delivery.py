@@ -91,8 +91,8 @@ def test_oom_reply_carries_the_redis_is_full_hint(rds: redis.Redis) -> None:
 def test_commits_decoded_before_they_are_visible(tmp_path: Path, redis_url: str) -> None:
     """Synchronous replication to a standby that never answers: commits wait, invisible.
 
-    The relay is streaming (its own start-up writes done) before the standby is required;
-    from then on every commit that writes waits, the relay's own write-backs included.
+    The standby is required once the relay streams; only the producers' waits are
+    cancelled, as an operator would: the relay's own writes must not wait for it.
     """
     with LocalPostgres() as pg:
         dsn = _migrated_db(pg)
@@ -120,15 +120,14 @@ def test_commits_decoded_before_they_are_visible(tmp_path: Path, redis_url: str)
             assert _status_counts(c) == {"PUBLISHED": 1}  # the 21 rows are not visible yet
             assert slot_lsn(c, "cdc_syncrep") <= min(_commit_lsns(c)[1:])  # none confirmed
 
-            def cancelled_and_done() -> bool:
-                # Cancel every wait (a cancelled commit stays committed locally), the
-                # relay's own write-backs included, until all is written back.
-                c.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_activity"
-                          " WHERE wait_event = 'SyncRep'")
-                time.sleep(0.1)
-                return _status_counts(c) == {"PUBLISHED": 21, "DEAD_LETTER": 1}
-
-            wait_for(cancelled_and_done, timeout=40, what="every row written back")
+            relay_waits = c.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
+                " AND application_name <> 'producer'").fetchone()
+            assert relay_waits == (0,), "the relay's own commits wait for the standby"
+            c.execute("SELECT pg_cancel_backend(pid) FROM pg_stat_activity"
+                      " WHERE wait_event = 'SyncRep' AND application_name = 'producer'")
+            wait_for(lambda: _status_counts(c) == {"PUBLISHED": 21, "DEAD_LETTER": 1},
+                     timeout=30, what="every row written back")
             for t in waiting:
                 t.join(10)
             wait_for(lambda: rds.xlen(DLQ) == 1, what="one DLQ entry")
@@ -165,7 +164,7 @@ def _migrated_db(pg: LocalPostgres) -> str:
 
 
 def _commit_ignoring_cancel(dsn: str, sql: str) -> None:
-    with psycopg.connect(dsn, autocommit=True) as conn:
+    with psycopg.connect(dsn, autocommit=True, application_name="producer") as conn:
         conn.execute(sql)  # waits for the standby; a cancel leaves it committed locally
 
 
@@ -295,14 +294,18 @@ def test_oversized_payload_dead_letter_keeps_identity_size_and_a_prefix(
 
 
 def _metric(port: int, name: str) -> float | None:
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            body = resp.read().decode()
+    except OSError:  # the relay is not serving yet
+        return None
     for line in body.splitlines():
         if line.startswith(name + " "):
             return float(line.split()[1])
     return None
 
 
-@pytest.mark.parametrize("how", ["flushall", "replaced"])
+@pytest.mark.parametrize("how", ["flushall", "replaced", "flushall-before-first-batch"])
 def test_redis_reset_mid_run_is_reported_and_recovered_without_duplicates(
     how: str, settings: Settings, pg_dsn: str, cli: Cli, tmp_path: Path
 ) -> None:
@@ -312,12 +315,17 @@ def test_redis_reset_mid_run_is_reported_and_recovered_without_duplicates(
         client = redis.Redis.from_url(server.url, decode_responses=True)
         port = free_port()
         assert cdc(s, "slot", "create").returncode == 0
+        if how == "flushall-before-first-batch":  # marks from an earlier run of the relay
+            insert_cases(pg_dsn, 3000, tag="a")
+            assert cdc(s, "run", "--once").returncode == 0
         with relay(s, str(tmp_path / "relay.log"), CDC_METRICS_PORT=str(port),
                    CDC_METRICS_SAMPLE_S="0.2"):
-            insert_cases(pg_dsn, 3000, tag="a")
+            if how != "flushall-before-first-batch":
+                insert_cases(pg_dsn, 3000, tag="a")
             wait_for(lambda: client.xlen("axiom:core:events") == 3000, what="3000 entries")
+            wait_for(lambda: _metric(port, "core_relay_streaming") == 1, what="streaming")
             assert _metric(port, "core_relay_redis_reset") == 0
-            if how == "flushall":
+            if how.startswith("flushall"):  # this session has sent nothing yet in the 3rd case
                 client.flushall()
             else:
                 server.kill()  # a new, empty instance on the same address
@@ -415,3 +423,23 @@ def test_non_string_idempotency_key_reads_as_postgres_prints_it(
     (entry,) = stream_events(rds)
     assert entry["idempotency_key"] == row[0], (entry["idempotency_key"], row[0])
     assert orjson.loads(entry["payload"])["idempotency_key"] == orjson.loads(key)
+
+
+def test_a_role_without_the_grants_stops_at_slot_creation(
+    settings: Settings, pg_dsn: str
+) -> None:
+    """No slot yet, REPLICATION but no cdc_relay: creating the slot's backfill queue is
+    refused; the relay must stop with the grant, not create and drop slots forever."""
+    role = f"relay_nogrant_{next(_roles)}_{free_port()}"
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN REPLICATION")
+    s = settings.model_copy(update={"database_url": SecretStr(pg_dsn.replace(
+        "postgres@", f"{role}@"))})
+    t0 = time.monotonic()
+    res = cdc(s, "run", timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert "permission denied" in res.stderr and "GRANT cdc_relay" in res.stderr
+    assert time.monotonic() - t0 < 30
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = %s",
+                            (settings.slot,)).fetchone() == (0,)
