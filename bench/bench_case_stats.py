@@ -186,6 +186,10 @@ def bench_read(dsn: str, *, quick: bool) -> dict[str, Any]:
         out["shard_rows"] = conn.execute(
             "SELECT count(*) FROM core.case_stats_shard WHERE tenant_id = %s", (tenant,)
         ).fetchone()
+        # Vision's login reads every tenant it is bound to (sql/007); bind the group role.
+        conn.execute("INSERT INTO vision.tenant_role (role_name, tenant_id)"
+                     " SELECT DISTINCT 'vision_reader', tenant_id FROM core.case_stats_shard"
+                     " ON CONFLICT DO NOTHING")
         conn.execute("SET ROLE vision_reader")
         conn.execute(f"SET app.tenant_id = '{tenant}'")
         assert conn.execute(view_q).fetchone() == expected, "view and count(*) disagree"
