@@ -100,9 +100,9 @@ def percentile(samples: list[float], p: float) -> float:
 
 
 def migrate_db(dsn: str) -> None:
-    """Apply sql/001 and sql/002 (only what case statistics need)."""
+    """Apply sql/001, 002 and 007 (only what case statistics need)."""
     for mig in migrate.load(SQL_DIR):
-        if mig.version <= 2:
+        if mig.version in (1, 2, 7):
             migrate.run_psql(dsn, mig.path)
 
 

@@ -90,6 +90,45 @@ class MiningTaskFailed(Contract):
     error: str
 
 
+class CaseRoleAssigned(Contract):
+    case_id: str
+    role_id: str
+    role_name: str
+    assignee_id: str | None = None
+
+
+class MaterializedTableRegistered(Contract):
+    table_id: str
+    datasource_id: str
+    target: str
+
+
+class MaterializedTableRedefined(Contract):
+    table_id: str
+    target: str
+
+
+class MaterializedTableRefreshed(Contract):
+    table_id: str
+    target: str
+    refresh: int
+    row_count: int
+
+
+class MaterializedTableRefreshFailed(Contract):
+    table_id: str
+    target: str
+    refresh: int
+    error: str
+
+
+class MiningModelSaved(Contract):
+    task_id: str
+    model_id: str
+    version: int
+    model_format: str
+
+
 DEFAULT_CONTRACTS: Mapping[str, type[Contract]] = {
     "CASE_CREATED": CaseCreated,
     "CASE_STATUS_CHANGED": CaseStatusChanged,
@@ -97,6 +136,12 @@ DEFAULT_CONTRACTS: Mapping[str, type[Contract]] = {
     "WORKER_TASK_COMPLETED": WorkerTaskCompleted,
     "MINING_TASK_COMPLETED": MiningTaskCompleted,
     "MINING_TASK_FAILED": MiningTaskFailed,
+    "CASE_ROLE_ASSIGNED": CaseRoleAssigned,
+    "MATERIALIZED_TABLE_REGISTERED": MaterializedTableRegistered,
+    "MATERIALIZED_TABLE_REDEFINED": MaterializedTableRedefined,
+    "MATERIALIZED_TABLE_REFRESHED": MaterializedTableRefreshed,
+    "MATERIALIZED_TABLE_REFRESH_FAILED": MaterializedTableRefreshFailed,
+    "MINING_MODEL_SAVED": MiningModelSaved,
 }
 
 
