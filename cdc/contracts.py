@@ -59,12 +59,14 @@ class Contract(BaseModel):
 class CaseCreated(Contract):
     case_id: str
     status: str
+    at: int | None = None  # trigger clock, µs: the order of a case's events (sql/008)
 
 
 class CaseStatusChanged(Contract):
     case_id: str
     from_status: str | None
     to_status: str
+    at: int | None = None
 
 
 class WatchAlertTriggered(Contract):
@@ -95,6 +97,7 @@ class CaseRoleAssigned(Contract):
     role_id: str
     role_name: str
     assignee_id: str | None = None
+    at: int | None = None  # the producer's order; the outbox row's created_at when absent
 
 
 class MaterializedTableRegistered(Contract):

@@ -57,6 +57,29 @@ CREATE TABLE IF NOT EXISTS synapse.mining_model (
 CREATE UNIQUE INDEX IF NOT EXISTS mining_model_tenant_task_version_uidx
     ON synapse.mining_model (tenant_id, task_id, version DESC);
 
+-- Case events carry their order for Synapse's ontology cache (cdc/ontology.py): `at`, the
+-- microsecond clock when the trigger ran. Writers of one case are serialised by its row lock,
+-- so a later change of a case always has a larger `at` -- unlike created_at (transaction
+-- start), which a writer that waited for the lock may have taken earlier.
+CREATE OR REPLACE FUNCTION core.case_events_on_row() RETURNS trigger
+LANGUAGE plpgsql SECURITY INVOKER AS $$
+DECLARE
+    at bigint := (extract(epoch FROM clock_timestamp()) * 1000000)::bigint;
+BEGIN
+    IF TG_OP = 'INSERT' THEN
+        INSERT INTO public.event_outbox (tenant_id, aggregate_type, aggregate_id, event_type, payload)
+        VALUES (NEW.tenant_id, 'case', NEW.id::text, 'CASE_CREATED',
+                jsonb_build_object('case_id', NEW.id::text, 'status', NEW.status, 'at', at));
+    ELSE
+        INSERT INTO public.event_outbox (tenant_id, aggregate_type, aggregate_id, event_type, payload)
+        VALUES (NEW.tenant_id, 'case', NEW.id::text, 'CASE_STATUS_CHANGED',
+                jsonb_build_object('case_id', NEW.id::text, 'from_status', OLD.status,
+                                   'to_status', NEW.status, 'at', at));
+    END IF;
+    RETURN NULL;
+END
+$$;
+
 -- cdc:record (everything above this line is checksummed; `cdc migrate --stamp` writes it)
 INSERT INTO public.cdc_schema_migrations (version, name, checksum)
-VALUES (8, 'registries', '5a4ccf137af51a31690ccd50774d3600146e357c89a000abef3955094b63e7c0') ON CONFLICT (version) DO NOTHING;
+VALUES (8, 'registries', 'f7d8a5a03214e45b786005ced7571ac163c76d33f8d83c76418c9ac7e37f6b57') ON CONFLICT (version) DO NOTHING;

@@ -369,6 +369,7 @@ def test_case_events_go_to_the_outbox_in_the_same_transaction(pg_dsn: str) -> No
         assert [r[3] for r in rows] == ["CASE_CREATED", "CASE_STATUS_CHANGED"]  # touch/move: none
         assert all(r[:3] == ("acme", "case", str(case_id)) and r[5] == "PENDING" for r in rows)
         assert all(r[6] for r in rows)  # written by this very transaction
+        assert rows[0][4].pop("at") < rows[1][4].pop("at")  # the trigger's clock (sql/008)
         assert rows[0][4] == {"case_id": str(case_id), "status": "OPEN"}
         assert rows[1][4] == {"case_id": str(case_id), "from_status": "OPEN",
                               "to_status": "IN_PROGRESS"}
