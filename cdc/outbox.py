@@ -79,6 +79,38 @@ def _check(event: Event, registry: Registry, max_bytes: int | None) -> bytes:
     return data
 
 
+INSERT_SQL = (
+    "INSERT INTO {} (tenant_id, aggregate_type, aggregate_id, event_type, payload)"
+    " VALUES (%s, %s, %s, %s, %s::jsonb) RETURNING id"
+)
+
+
+def prepare(
+    event: Event, *, registry: Registry | None = None, max_bytes: int | None = None
+) -> tuple[str, str, str, str, str]:
+    """Check `event` and return its INSERT parameters (the payload as JSON text)."""
+    data = _check(event, registry or Registry(), max_bytes)
+    return (event.tenant_id, event.aggregate_type, event.aggregate_id, event.event_type,
+            data.decode())
+
+
+def translate(e: Exception, event: Event, table: str) -> Exception:
+    """Return the cdc error for a driver error `e` raised by inserting `event` into `table`."""
+    sqlstate = getattr(e, "sqlstate", None)
+    if sqlstate == "23505":  # unique_violation: the idempotency key index
+        return EventError(
+            f"{event.event_type}: idempotency key {event.body().get('idempotency_key')!r} "
+            f"was already emitted for tenant {event.tenant_id}",
+            hint="roll back: this change was already recorded",
+        )
+    if sqlstate == "42P01":  # undefined_table
+        return ConfigError(
+            f"outbox table {table} does not exist",
+            hint="run `cdc migrate` or set CDC_OUTBOX_TABLE",
+        )
+    return StoreError(f"cannot write {event.event_type} to {table}: {e}")
+
+
 def emit(
     target: Target,
     event: Event,
@@ -91,32 +123,16 @@ def emit(
 
     A contract violation raises EventError before anything is written. A repeated
     idempotency key raises EventError too, and leaves the caller's transaction aborted:
-    roll it back.
+    roll it back. (cdc.sqla does the same inside a SQLAlchemy session.)
     """
-    data = _check(event, registry or Registry(), max_bytes)
-    query = sql.SQL(
-        "INSERT INTO {} (tenant_id, aggregate_type, aggregate_id, event_type, payload)"
-        " VALUES (%s, %s, %s, %s, %s::jsonb) RETURNING id"
-    ).format(table_identifier(table))
+    params = prepare(event, registry=registry, max_bytes=max_bytes)
+    query = sql.SQL(INSERT_SQL).format(table_identifier(table))
     conn = target.connection if isinstance(target, psycopg.Cursor) else target
-    params = (event.tenant_id, event.aggregate_type, event.aggregate_id, event.event_type,
-              data.decode())
     try:
         with conn.cursor(row_factory=tuple_row) as cur:
             row = cur.execute(query, params).fetchone()
-    except psycopg.errors.UniqueViolation:
-        raise EventError(
-            f"{event.event_type}: idempotency key {event.body().get('idempotency_key')!r} "
-            f"was already emitted for tenant {event.tenant_id}",
-            hint="roll back: this change was already recorded",
-        ) from None
-    except psycopg.errors.UndefinedTable:
-        raise ConfigError(
-            f"outbox table {table} does not exist",
-            hint="run `cdc migrate` or set CDC_OUTBOX_TABLE",
-        ) from None
     except psycopg.Error as e:
-        raise StoreError(f"cannot write {event.event_type} to {table}: {e}") from None
+        raise translate(e, event, table) from None
     if row is None:  # pragma: no cover - INSERT ... RETURNING always returns a row
         raise StoreError(f"{table}: INSERT returned no id")
     event_id: UUID = row[0]
