@@ -188,7 +188,8 @@ def bench_read(dsn: str, *, quick: bool) -> dict[str, Any]:
         ).fetchone()
         # Vision's login reads every tenant it is bound to (sql/007); bind the group role.
         conn.execute("INSERT INTO vision.tenant_role (role_name, tenant_id)"
-                     " SELECT DISTINCT 'vision_reader', tenant_id FROM core.case_stats_shard"
+                     " SELECT DISTINCT 'vision_reader'::regrole, tenant_id"
+                     " FROM core.case_stats_shard"
                      " ON CONFLICT DO NOTHING")
         conn.execute("SET ROLE vision_reader")
         conn.execute(f"SET app.tenant_id = '{tenant}'")
