@@ -109,9 +109,12 @@ class Multi:
 
 @dataclass(frozen=True, slots=True)
 class Handle:
-    """Run the handler on `entry`; the driver sends back None or the exception it raised."""
+    """Run the handler on each entry in order, until stopped.
 
-    entry: Entry
+    The driver sends back, per entry it ran, None or the exception the handler raised.
+    """
+
+    entries: list[Entry]
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,32 +267,44 @@ class _Group:
         seen = yield from self._already_seen(batch)
         acks: list[str] = []
         handled_ids: list[str] = []
+        pending: list[Entry] = []
         for entry in batch:
-            if self._stopped():
-                break  # the rest stays pending; XAUTOCLAIM hands it on
             if entry.deliveries > self.max_deliveries:
                 yield self._dead_letter(entry)
                 self.stats.dead_lettered += 1
                 self.stats.acked += 1
-                continue
-            eid = entry.event_id
-            if self.dedup and eid and eid in seen:
-                self.stats.duplicates += 1
+            else:
+                pending.append(entry)
+        while pending:  # a round per copy of an event id the batch holds twice (dedup)
+            todo: list[Entry] = []
+            later: list[Entry] = []
+            ids: set[str] = set()
+            for entry in pending:
+                eid = entry.event_id
+                if self.dedup and eid and eid in seen:
+                    self.stats.duplicates += 1
+                    acks.append(entry.id)
+                elif self.dedup and eid and eid in ids:
+                    later.append(entry)
+                else:
+                    todo.append(entry)
+                    ids.add(eid)
+            errors: list[Exception | None] = (yield Handle(todo)) if todo else []
+            for entry, error in zip(todo, errors, strict=False):
+                if error is not None:
+                    self.stats.failed += 1
+                    self._errors[entry.id] = f"{type(error).__name__}: {error}"[:500]
+                    log.warning("handler failed on %s %s (delivery %d): %s",
+                                entry.stream, entry.id, entry.deliveries, error)
+                    continue
+                self.stats.handled += 1
+                self._errors.pop(entry.id, None)
                 acks.append(entry.id)
-                continue
-            error = yield Handle(entry)
-            if error is not None:
-                self.stats.failed += 1
-                self._errors[entry.id] = f"{type(error).__name__}: {error}"[:500]
-                log.warning("handler failed on %s %s (delivery %d): %s",
-                            entry.stream, entry.id, entry.deliveries, error)
-                continue
-            self.stats.handled += 1
-            self._errors.pop(entry.id, None)
-            acks.append(entry.id)
-            if eid:
-                seen.add(eid)
-                handled_ids.append(eid)
+                if entry.event_id:
+                    seen.add(entry.event_id)
+                    handled_ids.append(entry.event_id)
+            # Stopped: what the driver did not reach stays pending; XAUTOCLAIM hands it on.
+            pending = later if len(errors) == len(todo) else []
         if acks:
             calls = [Call("xack", (batch[0].stream, self.group, *acks))]
             if self.dedup and handled_ids:
@@ -381,10 +396,15 @@ class Consumer(_Group):
                 return result
             reply, error = None, None
             if isinstance(todo, Handle):
-                try:
-                    self.handler(todo.entry)
-                except Exception as e:
-                    reply = e
+                reply = []
+                for entry in todo.entries:
+                    if self.stop.is_set():
+                        break
+                    try:
+                        self.handler(entry)
+                        reply.append(None)
+                    except Exception as e:
+                        reply.append(e)
             elif isinstance(todo, Sleep):
                 reply = self.stop.wait(todo.seconds)
             else:
@@ -467,10 +487,15 @@ class AsyncConsumer(_Group):
                 return result
             reply, error = None, None
             if isinstance(todo, Handle):
-                try:
-                    await self.handler(todo.entry)
-                except Exception as e:
-                    reply = e
+                reply = []
+                for entry in todo.entries:
+                    if self.stop.is_set():
+                        break
+                    try:
+                        await self.handler(entry)
+                        reply.append(None)
+                    except Exception as e:
+                        reply.append(e)
             elif isinstance(todo, Sleep):
                 try:
                     await asyncio.wait_for(self.stop.wait(), todo.seconds)

@@ -149,3 +149,31 @@ def test_async_consumer_rides_out_a_redis_restart() -> None:
         errors = asyncio.run(main())
         rds.close()
     assert seen == [f"ev-{i}" for i in range(10)] and errors > 0
+
+
+def test_an_event_twice_in_one_batch_is_handled_once_unless_the_first_copy_fails(
+    redis_url: str, rds: redis.Redis
+) -> None:
+    for group, fail_first in (("ok", False), ("flaky", True)):
+        rds.delete(STREAM)
+        fill(rds, 2)
+        fill(rds, 1, start=1)  # ev-1 again, in the same batch
+        fill(rds, 1, start=2)
+        calls: list[str] = []
+
+        def handler(e: Entry, fail_first: bool = fail_first, calls: list[str] = calls) -> None:
+            calls.append(e.event_id)
+            if fail_first and calls.count("ev-1") == 1 and e.event_id == "ev-1":
+                raise ValueError("first copy fails")
+
+        c = Consumer(redis_url=redis_url, group=group, streams=[STREAM], start_id="0",
+                     handler=handler, dedup=True, count=10, claim_idle_ms=100, block_ms=50)
+        stats = c.run(limit=4, timeout=10)
+        c.close()
+        if fail_first:  # the second copy is the retry; the failed one, reclaimed, a duplicate
+            assert calls == ["ev-0", "ev-1", "ev-2", "ev-1"]
+            assert (stats.handled, stats.failed, stats.duplicates) == (3, 1, 1)
+        else:
+            assert calls == ["ev-0", "ev-1", "ev-2"]
+            assert (stats.handled, stats.duplicates) == (3, 1)
+        assert pending(rds, group) == 0
