@@ -35,7 +35,7 @@ import redis
 from prometheus_client.core import CounterMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from cdc import keys, redisconn
+from cdc import keys, redisconn, tracing
 from cdc.backoff import Backoff
 from cdc.errors import SinkError
 
@@ -401,7 +401,12 @@ class Consumer(_Group):
                     if self.stop.is_set():
                         break
                     try:
-                        self.handler(entry)
+                        if "traceparent" in entry.fields:  # continue the producer's trace
+                            with tracing.consumer_span(entry.fields, stream=entry.stream,
+                                                       entry_id=entry.id):
+                                self.handler(entry)
+                        else:
+                            self.handler(entry)
                         reply.append(None)
                     except Exception as e:
                         reply.append(e)
@@ -492,7 +497,12 @@ class AsyncConsumer(_Group):
                     if self.stop.is_set():
                         break
                     try:
-                        await self.handler(entry)
+                        if "traceparent" in entry.fields:  # continue the producer's trace
+                            with tracing.consumer_span(entry.fields, stream=entry.stream,
+                                                       entry_id=entry.id):
+                                await self.handler(entry)
+                        else:
+                            await self.handler(entry)
                         reply.append(None)
                     except Exception as e:
                         reply.append(e)

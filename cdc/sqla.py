@@ -29,7 +29,6 @@ from cdc.contracts import Registry
 
 SyncTarget: TypeAlias = Session | Connection
 AsyncTarget: TypeAlias = AsyncSession | AsyncConnection
-_NAMES = ("tenant_id", "aggregate_type", "aggregate_id", "event_type", "payload")
 
 
 def _statement(
@@ -37,13 +36,10 @@ def _statement(
 ) -> tuple[TextClause, dict[str, str]]:
     outbox.table_identifier(table)  # raises unless schema.name of plain lower-case words
     quoted = ".".join(f'"{part}"' for part in table.split("."))
-    stmt = text(
-        f"INSERT INTO {quoted} (tenant_id, aggregate_type, aggregate_id, event_type, payload)"
-        " VALUES (:tenant_id, :aggregate_type, :aggregate_id, :event_type,"
-        " CAST(:payload AS jsonb)) RETURNING id"
-    )
-    params = outbox.prepare(event, registry=registry, max_bytes=max_bytes)
-    return stmt, dict(zip(_NAMES, params, strict=True))
+    row = outbox.prepare(event, registry=registry, max_bytes=max_bytes)
+    values = ", ".join("CAST(:payload AS jsonb)" if c == "payload" else f":{c}" for c in row)
+    stmt = text(f"INSERT INTO {quoted} ({', '.join(row)}) VALUES ({values}) RETURNING id")
+    return stmt, row
 
 
 def _id(value: Any) -> UUID:

@@ -2,7 +2,8 @@
 -- KEYS[1] stream, KEYS[2] high-water mark key
 -- ARGV[1] MAXLEN (~), 0 for uncapped
 -- ARGV[2] MessagePack array of field names
--- ARGV[3] MessagePack array of entries: [dedup key, value for each field...]; the dedup key is
+-- ARGV[3] MessagePack array of entries: [dedup key, value for each field...], the values of
+--         the first fields only when the entry has fewer (an untraced event); the dedup key is
 --         "%014x:%016x:%08x" of (slot epoch, commit LSN, position in the transaction), so
 --         string order is commit order.
 -- ARGV[4] the last dedup key of the previous batch this session sent to this stream ('' for
@@ -16,17 +17,17 @@ if hwm < ARGV[4] then
 end
 local names = cmsgpack.unpack(ARGV[2])
 local entries = cmsgpack.unpack(ARGV[3])
-local n = #names
 local args, base = xadd_args(ARGV[1], names)
 local last = hwm
 local added = 0
 for _, e in ipairs(entries) do
   local key = e[1]
   if key > last then
+    local n = #e - 1
     for j = 1, n do
       args[base + 2 * j] = e[j + 1]
     end
-    local r = redis.pcall('XADD', KEYS[1], unpack(args))
+    local r = redis.pcall('XADD', KEYS[1], unpack(args, 1, base + 2 * n))
     if type(r) == 'table' and r.err then
       -- Only the first write of a script can be refused for OOM; keep the mark exactly at
       -- what landed either way, so a replay adds the rest and nothing twice.
