@@ -29,8 +29,11 @@ STREAM_FIELDS = (*ENTRY_FIELDS, "traceparent", "tracestate")
 DLQ_FIELDS = (
     *ENTRY_FIELDS, "error", "original_stream", "payload_bytes", "payload_truncated"
 )
-_NAMES: dict[tuple[str, ...], bytes] = {
-    fields: luascripts.pack(fields) for fields in (ENTRY_FIELDS, STREAM_FIELDS, DLQ_FIELDS)
+# Per field list: its packed names and how many of its fields every entry has.
+_NAMES: dict[tuple[str, ...], tuple[bytes, int]] = {
+    ENTRY_FIELDS: (luascripts.pack(ENTRY_FIELDS), len(ENTRY_FIELDS)),
+    STREAM_FIELDS: (luascripts.pack(STREAM_FIELDS), len(ENTRY_FIELDS)),
+    DLQ_FIELDS: (luascripts.pack(DLQ_FIELDS), len(DLQ_FIELDS)),
 }
 PUBLISH_LUA = luascripts.source("publish")
 
@@ -94,10 +97,10 @@ class RedisSink:
         last = self._last
         cmds = []
         for stream, entries in by_stream.items():
+            packed, required = _NAMES[names.get(stream, STREAM_FIELDS)]
             cmds.append((
                 "EVALSHA", self._sha, 2, stream, keys.hwm(stream), self._maxlen,
-                _NAMES[names.get(stream, STREAM_FIELDS)], luascripts.pack(entries),
-                last.get(stream, ""),
+                packed, luascripts.pack(entries), last.get(stream, ""), required,
             ))
             last[stream] = entries[-1][0]
         try:

@@ -2,13 +2,14 @@
 -- KEYS[1] stream, KEYS[2] high-water mark key
 -- ARGV[1] MAXLEN (~), 0 for uncapped
 -- ARGV[2] MessagePack array of field names
--- ARGV[3] MessagePack array of entries: [dedup key, value for each field...], the values of
---         the first fields only when the entry has fewer (an untraced event); the dedup key is
+-- ARGV[3] MessagePack array of entries: [dedup key, value for each field...]; the dedup key is
 --         "%014x:%016x:%08x" of (slot epoch, commit LSN, position in the transaction), so
 --         string order is commit order.
 -- ARGV[4] the last dedup key of the previous batch this session sent to this stream ('' for
 --         the first): unless the mark is at or above it, that batch (or an earlier one) did
 --         not land, and this batch must not move the mark past its events. Refused whole.
+-- ARGV[5] how many fields every entry has (default: all); an entry may carry the rest too
+--         (the trace context of a traced event), or none of them.
 -- Returns the number of entries added (the others were already published).
 local hwm = redis.call('GET', KEYS[2]) or ''
 if hwm < ARGV[4] then
@@ -17,6 +18,7 @@ if hwm < ARGV[4] then
 end
 local names = cmsgpack.unpack(ARGV[2])
 local entries = cmsgpack.unpack(ARGV[3])
+local required = tonumber(ARGV[5]) or #names
 local args, base = xadd_args(ARGV[1], names)
 local last = hwm
 local added = 0
@@ -24,6 +26,9 @@ for _, e in ipairs(entries) do
   local key = e[1]
   if key > last then
     local n = #e - 1
+    if n < required then
+      n = #names  -- the missing values make XADD refuse the entry, below
+    end
     for j = 1, n do
       args[base + 2 * j] = e[j + 1]
     end
