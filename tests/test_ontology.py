@@ -199,3 +199,15 @@ def test_cli_digest_and_rebuild_check(
     proc = cdc(settings, "ontology", "rebuild", "--tenant", "acme")
     assert proc.returncode == 0, proc.stderr
     assert cdc(settings, "ontology", "rebuild", "--check").returncode == 0
+
+
+def test_cli_consume_keeps_the_cache(
+    settings: Settings, workload: dict[str, Any], rds: redis.Redis
+) -> None:
+    assert cdc(settings, "run", "--once").returncode == 0
+    proc = cdc(settings, "ontology", "consume", "--count", str(workload["events"]),
+               "--timeout", "20")
+    assert proc.returncode == 0 and "handled=10" in proc.stderr, proc.stderr
+    live = [ontology.digest(rds, t) for t in ("acme", "globex")]
+    assert [d.cases for d in live] == [3, 1]
+    assert cdc(settings, "ontology", "rebuild", "--check").returncode == 0
