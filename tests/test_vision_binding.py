@@ -177,3 +177,25 @@ def test_cli_vision_bind_list_unbind(cases: str, login: Callable[..., str]) -> N
     assert cdc("vision", "unbind", app, dsn=cases).returncode == 1  # nothing left to remove
     with psycopg.connect(as_role(cases, app), autocommit=True) as conn:
         assert rows(conn) == []
+
+
+def test_a_bound_read_uses_the_counters_primary_key(cases: str, login: Callable[..., str]) -> None:
+    app = login()
+    with psycopg.connect(cases, autocommit=True) as conn:
+        conn.execute(  # 2,000 tenants x 4 statuses x 4 writer shards
+            "INSERT INTO core.case_stats_shard SELECT 't' || t, s, w, 1"
+            " FROM generate_series(1, 2000) t, unnest(array['OPEN', 'IN_PROGRESS', 'CLOSED',"
+            " 'ON_HOLD']) s, generate_series(1, 4) w")
+        conn.execute("ANALYZE core.case_stats_shard")
+    for i in range(1, 51):
+        casestats.bind(cases, app, f"t{i}")
+    with psycopg.connect(as_role(cases, app), autocommit=True) as conn:
+        for tenant in ("t7", ""):
+            conn.execute("SELECT set_config('app.tenant_id', %s, false)", (tenant,))
+            plan = [r[0] for r in conn.execute(
+                "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF) SELECT * FROM vision.case_stats")]
+            scans = [line for line in plan if "Scan" in line and "case_stats_shard" in line]
+            ran = [line for line in scans if "never executed" not in line]
+            assert any("case_stats_shard_pkey" in line for line in ran), plan
+            assert not any("Seq Scan" in line for line in ran), plan
+            assert len(conn.execute(Q).fetchall()) == (1 if tenant else 50)
