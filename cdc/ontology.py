@@ -248,6 +248,7 @@ def rebuild(
 
     Safe beside a live consumer: keys are dropped before the rows are read, so an event
     the consumer applied meanwhile is also among the rows, and newer events win either way.
+    Readers see a partial cache until it ends (`--check` builds a scratch copy instead).
     """
     cache = OntologyCache(client, ns=ns)
     out = Rebuilt()
