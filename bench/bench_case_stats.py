@@ -100,9 +100,9 @@ def percentile(samples: list[float], p: float) -> float:
 
 
 def migrate_db(dsn: str) -> None:
-    """Apply sql/001 and sql/002 (only what case statistics need)."""
+    """Apply sql/001, 002 and 007 (only what case statistics need)."""
     for mig in migrate.load(SQL_DIR):
-        if mig.version <= 2:
+        if mig.version in (1, 2, 7):
             migrate.run_psql(dsn, mig.path)
 
 
@@ -186,6 +186,11 @@ def bench_read(dsn: str, *, quick: bool) -> dict[str, Any]:
         out["shard_rows"] = conn.execute(
             "SELECT count(*) FROM core.case_stats_shard WHERE tenant_id = %s", (tenant,)
         ).fetchone()
+        # Vision's login reads every tenant it is bound to (sql/007); bind the group role.
+        conn.execute("INSERT INTO vision.tenant_role (role_name, tenant_id)"
+                     " SELECT DISTINCT 'vision_reader'::regrole, tenant_id"
+                     " FROM core.case_stats_shard"
+                     " ON CONFLICT DO NOTHING")
         conn.execute("SET ROLE vision_reader")
         conn.execute(f"SET app.tenant_id = '{tenant}'")
         assert conn.execute(view_q).fetchone() == expected, "view and count(*) disagree"

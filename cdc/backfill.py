@@ -44,7 +44,9 @@ def backfill(settings: Settings, conn: db.Conn, pub: Publisher, *, epoch: int) -
     base = lsnlib.parse(row[0]) - 1
     select = sql.SQL(
         "SELECT b.seq, o.id::text, o.tenant_id, o.aggregate_type, o.aggregate_id, o.event_type,"
-        " o.payload::text, o.created_at::text FROM public.cdc_backfill b JOIN {} o"
+        " o.payload::text, o.created_at::text, to_jsonb(o)->>'traceparent',"
+        " to_jsonb(o)->>'tracestate'"  # NULL also on an outbox without them (sql/009)
+        " FROM public.cdc_backfill b JOIN {} o"
         " ON o.id = b.event_id WHERE b.slot_name = %s ORDER BY b.seq LIMIT %s"
         " FOR UPDATE OF o"
     ).format(db.table_ident(settings.outbox_table))
@@ -68,6 +70,7 @@ def backfill(settings: Settings, conn: db.Conn, pub: Publisher, *, epoch: int) -
                 OutboxEvent(
                     r[1], r[2], r[3], r[4], r[5], r[6], r[7], base, int(r[0]),
                     key=dedup_key(epoch, base, int(r[0])),
+                    traceparent=r[8] or "", tracestate=r[9] or "",
                 )
                 for r in rows
             ]

@@ -59,12 +59,14 @@ class Contract(BaseModel):
 class CaseCreated(Contract):
     case_id: str
     status: str
+    at: int | None = None  # trigger clock, µs: the order of a case's events (sql/008)
 
 
 class CaseStatusChanged(Contract):
     case_id: str
     from_status: str | None
     to_status: str
+    at: int | None = None
 
 
 class WatchAlertTriggered(Contract):
@@ -90,6 +92,46 @@ class MiningTaskFailed(Contract):
     error: str
 
 
+class CaseRoleAssigned(Contract):
+    case_id: str
+    role_id: str
+    role_name: str
+    assignee_id: str | None = None
+    at: int | None = None  # the producer's order; the outbox row's created_at when absent
+
+
+class MaterializedTableRegistered(Contract):
+    table_id: str
+    datasource_id: str
+    target: str
+
+
+class MaterializedTableRedefined(Contract):
+    table_id: str
+    target: str
+
+
+class MaterializedTableRefreshed(Contract):
+    table_id: str
+    target: str
+    refresh: int
+    row_count: int
+
+
+class MaterializedTableRefreshFailed(Contract):
+    table_id: str
+    target: str
+    refresh: int
+    error: str
+
+
+class MiningModelSaved(Contract):
+    task_id: str
+    model_id: str
+    version: int
+    model_format: str
+
+
 DEFAULT_CONTRACTS: Mapping[str, type[Contract]] = {
     "CASE_CREATED": CaseCreated,
     "CASE_STATUS_CHANGED": CaseStatusChanged,
@@ -97,6 +139,12 @@ DEFAULT_CONTRACTS: Mapping[str, type[Contract]] = {
     "WORKER_TASK_COMPLETED": WorkerTaskCompleted,
     "MINING_TASK_COMPLETED": MiningTaskCompleted,
     "MINING_TASK_FAILED": MiningTaskFailed,
+    "CASE_ROLE_ASSIGNED": CaseRoleAssigned,
+    "MATERIALIZED_TABLE_REGISTERED": MaterializedTableRegistered,
+    "MATERIALIZED_TABLE_REDEFINED": MaterializedTableRedefined,
+    "MATERIALIZED_TABLE_REFRESHED": MaterializedTableRefreshed,
+    "MATERIALIZED_TABLE_REFRESH_FAILED": MaterializedTableRefreshFailed,
+    "MINING_MODEL_SAVED": MiningModelSaved,
 }
 
 

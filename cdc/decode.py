@@ -12,6 +12,7 @@ from cdc.errors import SourceError
 
 COLUMNS = ("id", "tenant_id", "aggregate_type", "aggregate_id", "event_type", "payload",
            "created_at")
+TRACE_COLUMNS = ("traceparent", "tracestate")  # optional (sql/009); NULL when untraced
 # A dedup key ends in the position as 8 hex digits: the last two come from this table and
 # the rest change once every 256 events, so no event pays for format().
 _HEX2 = tuple(f"{i:02x}" for i in range(256))
@@ -59,6 +60,8 @@ class OutboxEvent:
     commit_lsn_text: str = ""
     idempotency_key: str = ""
     key: str = ""  # dedup_key(epoch, commit_lsn, position)
+    traceparent: str = ""  # W3C trace context of the producer, "" when untraced
+    tracestate: str = ""
 
 
 def key_prefix(epoch: int, commit_lsn: int) -> str:
@@ -98,6 +101,8 @@ class Decoder:
         # Where the COLUMNS sit in an insert's column list (learned from their names).
         self._layout: tuple[int, ...] = (0,) * len(COLUMNS)
         self._ncols = -1
+        self._trace = -1  # where traceparent sits, -1 when the table has no such column
+        self._state = -1
 
     def feed(self, data: memoryview | bytes) -> OutboxEvent | Commit | None:
         """Decode one message; return an event, a commit, or None for a begin."""
@@ -121,13 +126,17 @@ class Decoder:
                 self._block = position >> 8
                 self._block_prefix = f"{self._prefix}{position >> 8:06x}"
             payload = cols[i_payload].value
-            return OutboxEvent(
+            ev = OutboxEvent(
                 cols[i_id].value, cols[i_tenant].value, cols[i_agg_type].value,
                 cols[i_agg_id].value, cols[i_type].value,
                 payload if payload is not None else "null", cols[i_created].value,
                 self._commit_lsn, position, self._time, self._commit_text, "",
                 self._block_prefix + _HEX2[position & 0xFF],
             )
+            if self._trace >= 0 and cols[self._trace].value is not None:
+                ev.traceparent = str(cols[self._trace].value)
+                ev.tracestate = str(cols[self._state].value or "") if self._state >= 0 else ""
+            return ev
         except (
             msgspec.DecodeError, KeyError, ValueError, TypeError, IndexError, RecursionError
         ) as e:
@@ -178,5 +187,6 @@ class Decoder:
                 " (sql/001_event_outbox.sql)",
             )
         self._layout = tuple(index[name] for name in COLUMNS)
+        self._trace, self._state = (index.get(name, -1) for name in TRACE_COLUMNS)
         self._ncols = len(cols)
         return self._layout

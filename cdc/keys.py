@@ -41,3 +41,60 @@ def replay_run(replay_id: str) -> str:
 # A token the relay writes once into each Redis it publishes to, and records in PostgreSQL
 # (public.cdc_redis_state): a Redis without it, or with another one, lost what it held.
 REDIS_INSTANCE = "axiom:cdc:instance"
+
+
+# Synapse's ontology cache (cdc/ontology.py). Every key of one tenant carries the tenant in a
+# hash tag, {tenant}, so a tenant's keys share a cluster slot and one script may touch them.
+ONTOLOGY_NS = "axiom:onto"
+
+
+class OntologyKeys:
+    """The ontology cache's keys under namespace `ns` (another ns makes a scratch copy).
+
+        {ns}:tenants                         SET  tenants with a cache
+        {ns}:{T}:cases                       SET  case ids of tenant T
+        {ns}:{T}:case:<case_id>              HASH case_id, status, v
+        {ns}:{T}:roles                       SET  role ids
+        {ns}:{T}:role:<role_id>              HASH role_id, name, v
+        {ns}:{T}:edge:<case_id>:<role_id>    HASH case_id, role_id, assignee_id, v (HAS_ROLE)
+        {ns}:{T}:case_roles:<case_id>        SET  role ids of a case
+        {ns}:{T}:role_cases:<role_id>        SET  case ids holding a role
+
+    `v` is the order of the event that wrote the hash (lua/ontology_apply.lua).
+    """
+
+    def __init__(self, ns: str = ONTOLOGY_NS) -> None:
+        self.ns = ns
+        self.tenants = f"{ns}:tenants"
+
+    def tenant(self, t: str) -> str:
+        """Return the prefix of every key of tenant `t`."""
+        return f"{self.ns}:{{{t}}}:"
+
+    def cases(self, t: str) -> str:
+        """Return the set of tenant `t`'s case ids."""
+        return self.tenant(t) + "cases"
+
+    def case(self, t: str, case_id: str) -> str:
+        """Return one case node."""
+        return f"{self.tenant(t)}case:{case_id}"
+
+    def roles(self, t: str) -> str:
+        """Return the set of tenant `t`'s role ids."""
+        return self.tenant(t) + "roles"
+
+    def role(self, t: str, role_id: str) -> str:
+        """Return one role node."""
+        return f"{self.tenant(t)}role:{role_id}"
+
+    def edge(self, t: str, case_id: str, role_id: str) -> str:
+        """Return the HAS_ROLE relationship of a case and a role."""
+        return f"{self.tenant(t)}edge:{case_id}:{role_id}"
+
+    def case_roles(self, t: str, case_id: str) -> str:
+        """Return the set of role ids of one case."""
+        return f"{self.tenant(t)}case_roles:{case_id}"
+
+    def role_cases(self, t: str, role_id: str) -> str:
+        """Return the set of case ids holding one role."""
+        return f"{self.tenant(t)}role_cases:{role_id}"

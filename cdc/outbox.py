@@ -18,6 +18,7 @@ import psycopg
 from psycopg import sql
 from psycopg.rows import tuple_row
 
+from cdc import tracing
 from cdc.contracts import Registry
 from cdc.errors import ConfigError, EventError, StoreError
 
@@ -79,6 +80,41 @@ def _check(event: Event, registry: Registry, max_bytes: int | None) -> bytes:
     return data
 
 
+def prepare(
+    event: Event, *, registry: Registry | None = None, max_bytes: int | None = None
+) -> dict[str, str]:
+    """Check `event` and return the row to insert: column -> value (payload as JSON text).
+
+    The current OpenTelemetry span, if any, adds traceparent/tracestate (cdc.tracing).
+    """
+    data = _check(event, registry or Registry(), max_bytes)
+    return {"tenant_id": event.tenant_id, "aggregate_type": event.aggregate_type,
+            "aggregate_id": event.aggregate_id, "event_type": event.event_type,
+            "payload": data.decode(), **tracing.current()}
+
+
+def translate(e: Exception, event: Event, table: str) -> Exception:
+    """Return the cdc error for a driver error `e` raised by inserting `event` into `table`."""
+    sqlstate = getattr(e, "sqlstate", None)
+    if sqlstate == "23505":  # unique_violation: the idempotency key index
+        return EventError(
+            f"{event.event_type}: idempotency key {event.body().get('idempotency_key')!r} "
+            f"was already emitted for tenant {event.tenant_id}",
+            hint="roll back: this change was already recorded",
+        )
+    if sqlstate == "42P01":  # undefined_table
+        return ConfigError(
+            f"outbox table {table} does not exist",
+            hint="run `cdc migrate` or set CDC_OUTBOX_TABLE",
+        )
+    if sqlstate == "42703":  # undefined_column: a traced event, an outbox without 009
+        return ConfigError(
+            f"{table} has no traceparent/tracestate columns: {e}",
+            hint="run `cdc migrate` (sql/009_outbox_trace_context.sql)",
+        )
+    return StoreError(f"cannot write {event.event_type} to {table}: {e}")
+
+
 def emit(
     target: Target,
     event: Event,
@@ -91,32 +127,20 @@ def emit(
 
     A contract violation raises EventError before anything is written. A repeated
     idempotency key raises EventError too, and leaves the caller's transaction aborted:
-    roll it back.
+    roll it back. (cdc.sqla does the same inside a SQLAlchemy session.)
     """
-    data = _check(event, registry or Registry(), max_bytes)
-    query = sql.SQL(
-        "INSERT INTO {} (tenant_id, aggregate_type, aggregate_id, event_type, payload)"
-        " VALUES (%s, %s, %s, %s, %s::jsonb) RETURNING id"
-    ).format(table_identifier(table))
+    row_values = prepare(event, registry=registry, max_bytes=max_bytes)
+    query = sql.SQL("INSERT INTO {} ({}) VALUES ({}) RETURNING id").format(
+        table_identifier(table), sql.SQL(", ").join(map(sql.Identifier, row_values)),
+        sql.SQL(", ").join(
+            sql.SQL("%s::jsonb" if name == "payload" else "%s") for name in row_values),
+    )
     conn = target.connection if isinstance(target, psycopg.Cursor) else target
-    params = (event.tenant_id, event.aggregate_type, event.aggregate_id, event.event_type,
-              data.decode())
     try:
         with conn.cursor(row_factory=tuple_row) as cur:
-            row = cur.execute(query, params).fetchone()
-    except psycopg.errors.UniqueViolation:
-        raise EventError(
-            f"{event.event_type}: idempotency key {event.body().get('idempotency_key')!r} "
-            f"was already emitted for tenant {event.tenant_id}",
-            hint="roll back: this change was already recorded",
-        ) from None
-    except psycopg.errors.UndefinedTable:
-        raise ConfigError(
-            f"outbox table {table} does not exist",
-            hint="run `cdc migrate` or set CDC_OUTBOX_TABLE",
-        ) from None
+            row = cur.execute(query, tuple(row_values.values())).fetchone()
     except psycopg.Error as e:
-        raise StoreError(f"cannot write {event.event_type} to {table}: {e}") from None
+        raise translate(e, event, table) from None
     if row is None:  # pragma: no cover - INSERT ... RETURNING always returns a row
         raise StoreError(f"{table}: INSERT returned no id")
     event_id: UUID = row[0]

@@ -7,6 +7,7 @@ from contextlib import contextmanager
 from urllib.parse import urlsplit, urlunsplit
 
 import redis
+import redis.asyncio
 
 from cdc.errors import ConfigError, SinkError
 
@@ -64,6 +65,17 @@ def client(url: str, *, timeout: float, decode: bool = True) -> redis.Redis:
     """Return a client (not yet connected) with these socket timeouts, or raise ConfigError."""
     try:
         return redis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=min(timeout, 5.0),
+            decode_responses=decode,
+        )
+    except ValueError:
+        raise bad_url() from None
+
+
+def async_client(url: str, *, timeout: float, decode: bool = True) -> redis.asyncio.Redis:
+    """Return a redis.asyncio client with these socket timeouts, or raise ConfigError."""
+    try:
+        return redis.asyncio.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=min(timeout, 5.0),
             decode_responses=decode,
         )

@@ -122,7 +122,8 @@ class Publisher:
             entries = by_stream.get(stream)
             if entries is None:
                 entries = by_stream[stream] = []
-            entries.append(entry(ev))
+            entries.append(entry(ev) if not ev.traceparent else
+                           [*entry(ev), ev.traceparent, ev.tracestate])
             published(ev.event_id)
         batch.replies = self.sink.send(by_stream, names) if by_stream else 0
 

@@ -23,11 +23,17 @@ ENTRY_FIELDS = (
     "event_id", "event_type", "aggregate_type", "aggregate_id", "tenant_id",
     "payload", "idempotency_key", "created_at", "commit_lsn",
 )
+# A traced event's entry carries these two more (cdc/tracing.py); an untraced one stops at
+# ENTRY_FIELDS: publish.lua writes as many fields as the entry has values.
+STREAM_FIELDS = (*ENTRY_FIELDS, "traceparent", "tracestate")
 DLQ_FIELDS = (
     *ENTRY_FIELDS, "error", "original_stream", "payload_bytes", "payload_truncated"
 )
-_NAMES = {
-    ENTRY_FIELDS: luascripts.pack(ENTRY_FIELDS), DLQ_FIELDS: luascripts.pack(DLQ_FIELDS)
+# Per field list: its packed names and how many of its fields every entry has.
+_NAMES: dict[tuple[str, ...], tuple[bytes, int]] = {
+    ENTRY_FIELDS: (luascripts.pack(ENTRY_FIELDS), len(ENTRY_FIELDS)),
+    STREAM_FIELDS: (luascripts.pack(STREAM_FIELDS), len(ENTRY_FIELDS)),
+    DLQ_FIELDS: (luascripts.pack(DLQ_FIELDS), len(DLQ_FIELDS)),
 }
 PUBLISH_LUA = luascripts.source("publish")
 
@@ -101,15 +107,15 @@ class RedisSink:
         """Write one EVALSHA per stream without waiting; return how many replies to read.
 
         Each entry is [dedup key, *values]; values follow `names[stream]` (default
-        ENTRY_FIELDS).
+        STREAM_FIELDS: ENTRY_FIELDS, then the trace context when the event has one).
         """
         last = self._last
         cmds = []
         for stream, entries in by_stream.items():
+            packed, required = _NAMES[names.get(stream, STREAM_FIELDS)]
             cmds.append((
                 "EVALSHA", self._sha, 2, stream, keys.hwm(stream), self._maxlen,
-                _NAMES[names.get(stream, ENTRY_FIELDS)], luascripts.pack(entries),
-                last.get(stream, ""),
+                packed, luascripts.pack(entries), last.get(stream, ""), required,
             ))
             last[stream] = entries[-1][0]
         try:

@@ -252,26 +252,26 @@ def test_vision_reader_gets_42501_on_core_tables(pg_dsn: str, vision_login: str)
             conn.execute("SELECT * FROM vision.case_stats").fetchall()  # the one thing allowed
 
 
-def test_vision_reader_sees_only_app_tenant_id(pg_dsn: str, vision_login: str) -> None:
+def test_vision_reader_sees_only_its_bound_tenants(pg_dsn: str, vision_login: str) -> None:
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         insert_cases(conn, "acme", "IN_PROGRESS", 3)
         insert_cases(conn, "acme", "CLOSED", 2)
         insert_cases(conn, "globex", "OPEN", 4)
+    login = vision_login.split("//")[1].split("@")[0]
+    casestats.bind(pg_dsn, login, "acme")
     q = "SELECT tenant_id, total_cases, active_cases FROM vision.case_stats ORDER BY 1"
     with psycopg.connect(vision_login, autocommit=True) as conn:
-        assert conn.execute(q).fetchall() == []  # unset: nothing
+        assert conn.execute(q).fetchall() == [("acme", 5, 3)]  # unset: its bound tenants
         conn.execute("SET app.tenant_id = 'acme'")
         assert conn.execute(q).fetchall() == [("acme", 5, 3)]
         sneaky = q.replace("ORDER BY", "WHERE tenant_id = 'globex' ORDER BY")
         assert conn.execute(sneaky).fetchall() == []
-        conn.execute("SET app.tenant_id = 'globex'")
-        assert conn.execute(q).fetchall() == [("globex", 4, 0)]
-        conn.execute("RESET app.tenant_id")  # set once, now '': still nothing
+        conn.execute("SET app.tenant_id = 'globex'")  # not bound: nothing (see 007)
         assert conn.execute(q).fetchall() == []
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute("SET ROLE vision_admin")
         assert conn.execute(q).fetchall() == [("acme", 5, 3), ("globex", 4, 0)]
-        conn.execute("SET ROLE vision_reader")
+        conn.execute("SET ROLE vision_reader")  # the group role itself is bound to nothing
         assert conn.execute(q).fetchall() == []
 
 
@@ -369,6 +369,7 @@ def test_case_events_go_to_the_outbox_in_the_same_transaction(pg_dsn: str) -> No
         assert [r[3] for r in rows] == ["CASE_CREATED", "CASE_STATUS_CHANGED"]  # touch/move: none
         assert all(r[:3] == ("acme", "case", str(case_id)) and r[5] == "PENDING" for r in rows)
         assert all(r[6] for r in rows)  # written by this very transaction
+        assert rows[0][4].pop("at") < rows[1][4].pop("at")  # the trigger's clock (sql/008)
         assert rows[0][4] == {"case_id": str(case_id), "status": "OPEN"}
         assert rows[1][4] == {"case_id": str(case_id), "from_status": "OPEN",
                               "to_status": "IN_PROGRESS"}

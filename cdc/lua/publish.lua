@@ -8,6 +8,8 @@
 -- ARGV[4] the last dedup key of the previous batch this session sent to this stream ('' for
 --         the first): unless the mark is at or above it, that batch (or an earlier one) did
 --         not land, and this batch must not move the mark past its events. Refused whole.
+-- ARGV[5] how many fields every entry has (default: all); an entry may carry the rest too
+--         (the trace context of a traced event), or none of them.
 -- Returns the number of entries added (the others were already published).
 local hwm = redis.call('GET', KEYS[2]) or ''
 if hwm < ARGV[4] then
@@ -16,17 +18,21 @@ if hwm < ARGV[4] then
 end
 local names = cmsgpack.unpack(ARGV[2])
 local entries = cmsgpack.unpack(ARGV[3])
-local n = #names
+local required = tonumber(ARGV[5]) or #names
 local args, base = xadd_args(ARGV[1], names)
 local last = hwm
 local added = 0
 for _, e in ipairs(entries) do
   local key = e[1]
   if key > last then
+    local n = #e - 1
+    if n < required then
+      n = #names  -- the missing values make XADD refuse the entry, below
+    end
     for j = 1, n do
       args[base + 2 * j] = e[j + 1]
     end
-    local r = redis.pcall('XADD', KEYS[1], unpack(args))
+    local r = redis.pcall('XADD', KEYS[1], unpack(args, 1, base + 2 * n))
     if type(r) == 'table' and r.err then
       -- Only the first write of a script can be refused for OOM; keep the mark exactly at
       -- what landed either way, so a replay adds the rest and nothing twice.

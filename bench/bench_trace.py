@@ -1,0 +1,118 @@
+"""The relay's per-event work with and without trace context columns (issue 16).
+
+Captures real wal2json messages of N outbox inserts from a throwaway PostgreSQL, then times
+in this process what the relay does per event: `Decoder.feed` and `Publisher.send` (route,
+contract, entry lists, the MessagePack packing its sink does), with a sink that only packs.
+Run it on two code trees to compare them (the cases a tree cannot run are skipped):
+
+    .venv/bin/python -m bench.bench_trace [--events 20000] [--repeats 9]
+
+Cases: `old schema` (no traceparent/tracestate columns), `empty` (sql/009 applied, NULL),
+`filled` (every event traced).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import statistics
+import time
+from typing import Any
+
+import psycopg
+
+from cdc import luascripts, migrate
+from cdc.checkpoint import Batch
+from cdc.decode import Decoder, OutboxEvent
+from cdc.localservers import LocalPostgres
+from cdc.metrics import Metrics
+from cdc.relay import Publisher
+from cdc.settings import SQL_DIR, Settings
+
+OPTIONS = ("'format-version', '2', 'add-tables', 'public.event_outbox', 'actions', 'insert',"
+           " 'include-lsn', 'true', 'include-timestamp', 'true', 'include-types', 'false',"
+           " 'include-transaction', 'true'")
+TRACE = "'00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01', 'acme=blue'"
+
+
+class PackOnly:
+    """A sink that does the CPU work of RedisSink.send (packing) and sends nothing."""
+
+    def send(self, by_stream: dict[str, list[list[str]]], names: dict[str, Any]) -> int:
+        """Pack each stream's entries as the real sink does."""
+        for entries in by_stream.values():
+            luascripts.pack(entries)
+        return len(by_stream)
+
+
+def capture(dsn: str, n: int, case: str) -> list[bytes]:
+    """Return the wal2json messages of `n` inserts (100 a transaction) for one case."""
+    traced = case == "filled"
+    cols = ", traceparent, tracestate" if traced else ""
+    vals = f", {TRACE}" if traced else ""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        if case == "old schema":
+            conn.execute("ALTER TABLE event_outbox DROP COLUMN IF EXISTS traceparent,"
+                         " DROP COLUMN IF EXISTS tracestate")
+        conn.execute("SELECT pg_create_logical_replication_slot('bench_trace', 'wal2json')")
+        for start in range(0, n, 100):
+            conn.execute(
+                "INSERT INTO event_outbox (tenant_id, aggregate_type, aggregate_id, event_type,"
+                f" payload{cols}) SELECT 'tenant-1', 'case', 'case-' || g, 'CASE_CREATED',"
+                " jsonb_build_object('case_id', 'case-' || g, 'status', 'OPEN',"
+                f" 'idempotency_key', 'k' || g){vals}"
+                " FROM generate_series(%s::int, %s::int) g", (start + 1, start + 100))
+        rows = conn.execute(
+            f"SELECT data FROM pg_logical_slot_get_changes('bench_trace', NULL, NULL, {OPTIONS})"
+        ).fetchall()
+        conn.execute("SELECT pg_drop_replication_slot('bench_trace')")
+        conn.execute("TRUNCATE event_outbox")
+    return [r[0].encode() for r in rows]
+
+
+def run(messages: list[bytes], pub: Publisher, batch_size: int) -> tuple[float, float, int]:
+    """Return (decode seconds, send seconds, events) for one pass."""
+    dec = Decoder(epoch=1)
+    t0 = time.perf_counter()
+    events = [ev for m in messages if isinstance(ev := dec.feed(m), OutboxEvent)]
+    t1 = time.perf_counter()
+    for i in range(0, len(events), batch_size):
+        pub.send(Batch(events[i:i + batch_size], 0))
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t1, len(events)
+
+
+def main() -> None:
+    """Print µs per event for each case this tree can run."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--events", type=int, default=20_000)
+    ap.add_argument("--repeats", type=int, default=9)
+    args = ap.parse_args()
+    with LocalPostgres() as pg:
+        dsn = pg.dsn
+        migrate.apply(dsn, SQL_DIR)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            has_trace = conn.execute(
+                "SELECT count(*) FROM information_schema.columns WHERE table_name ="
+                " 'event_outbox' AND column_name = 'traceparent'").fetchone() == (1,)
+        cases = ["empty", "filled", "old schema"] if has_trace else ["old schema"]
+        captured = {case: capture(dsn, args.events, case) for case in cases}
+        settings = Settings(database_url=dsn)  # type: ignore[arg-type]
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            pub = Publisher(settings, PackOnly(), conn, Metrics())  # type: ignore[arg-type]
+            for case, messages in captured.items():
+                dec_us, send_us = [], []
+                for _ in range(args.repeats):
+                    gc.collect()
+                    d, s, n = run(messages, pub, settings.batch_size)
+                    dec_us.append(d * 1e6 / n)
+                    send_us.append(s * 1e6 / n)
+                total = [a + b for a, b in zip(dec_us, send_us, strict=True)]
+                print(f"{case:>10}: {n} events, decode {statistics.median(dec_us):.3f}"
+                      f" + send {statistics.median(send_us):.3f}"
+                      f" = {statistics.median(total):.3f} us/event (median of {args.repeats};"
+                      f" min {min(total):.3f})", flush=True)
+
+
+if __name__ == "__main__":
+    main()
