@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     metrics_sample_s: float = Field(5.0, gt=0)
     migrations_dir: Path = SQL_DIR
     weaver_secret_key: SecretStr | None = None
+    log_format: str = Field("text", pattern=r"^(text|json)$")
 
     @field_validator("routes")
     @classmethod
