@@ -41,4 +41,4 @@ def test_every_alert_has_a_firing_and_a_quiet_case() -> None:
             (fired if check["exp_alerts"] else quiet).add(check["alertname"])
     assert alerts - fired == set(), "alerts never fired in a test"
     assert alerts - quiet == set(), "alerts never checked quiet in a test"
-    assert len(alerts) >= 8
+    assert len(alerts) >= 9

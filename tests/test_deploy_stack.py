@@ -208,11 +208,15 @@ def test_stack_streams_hands_over_and_stops_cleanly(stack: Stack) -> None:
 
     with psycopg.connect(dsn) as conn:
         role = conn.execute(
-            "SELECT r.rolname, r.rolsuper, r.rolreplication FROM pg_stat_replication s"
-            " JOIN pg_roles r ON r.oid = s.usesysid"
+            "SELECT r.rolname, r.rolsuper, r.rolreplication,"
+            " pg_has_role(r.oid, 'cdc_relay', 'MEMBER'),"
+            " array(SELECT g.rolname FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid"
+            "       WHERE m.member = r.oid)"
+            " FROM pg_stat_replication s JOIN pg_roles r ON r.oid = s.usesysid"
         ).fetchall()
-    assert role == [("relay", False, True)], role
-    say("the streaming relay connects as role relay: REPLICATION, not superuser")
+    assert role == [("relay", False, True, True, ["cdc_relay"])], role
+    say("the streaming relay connects as role relay: REPLICATION, not superuser, member of"
+        " cdc_relay (sql/006) and of nothing else")
 
     code, took = s.stop(standby)
     assert code == 0 and took < 5, (code, took)
