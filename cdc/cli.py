@@ -1,3 +1,4 @@
+# PYTHON_ARGCOMPLETE_OK
 """The `cdc` command: build settings once, dispatch, and turn errors into exit codes.
 
 Exit codes: 0 healthy/done, 1 a problem found, 2 a usage or configuration error.
@@ -12,6 +13,7 @@ import pkgutil
 import sys
 from collections.abc import Sequence
 
+import argcomplete
 from pydantic import SecretStr, ValidationError
 
 from cdc import commands, logs
@@ -22,7 +24,8 @@ DESCRIPTION = "axiom-cdc: stream event_outbox inserts from PostgreSQL into Redis
 EPILOG = (
     "Settings are CDC_* environment variables; `cdc COMMAND --help` lists the ones a command"
     " reads, with their defaults.\nExit codes: 0 ok, 1 a problem found, 2 a usage or"
-    " configuration error."
+    " configuration error.\nShell completion (bash, zsh):"
+    ' eval "$(register-python-argcomplete cdc)"'
 )
 _DB, _REDIS = ("database_url",), ("redis_url",)
 _STREAMS = ("routes", "consumer_groups")
@@ -95,7 +98,9 @@ def _settings() -> Settings:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI and return its exit code."""
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    argcomplete.autocomplete(parser)  # shell completion: eval "$(register-python-argcomplete cdc)"
+    args = parser.parse_args(argv)
     try:
         settings = _settings()
         logs.configure(fmt=settings.log_format, slot=settings.slot, verbose=args.verbose)

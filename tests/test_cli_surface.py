@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import orjson
@@ -74,3 +77,16 @@ def test_json_logs_one_object_a_line_with_slot_and_no_secret(settings: Settings)
     assert secret not in proc.stderr + proc.stdout
     bad = cdc(settings, "run", "--once", CDC_LOG_FORMAT="yaml", timeout=60)
     assert bad.returncode == 2 and "CDC_LOG_FORMAT" in bad.stderr
+
+
+def test_shell_completion_offers_commands_and_options(tmp_path: Path) -> None:
+    out = tmp_path / "completions"
+    for line, wanted in (("cdc ru", {"run"}), ("cdc run --o", {"--once"}),
+                         ("cdc d", {"doctor", "dlq"})):
+        env = {**os.environ, "_ARGCOMPLETE": "1", "COMP_LINE": line,
+               "COMP_POINT": str(len(line)), "_ARGCOMPLETE_STDOUT_FILENAME": str(out)}
+        proc = subprocess.run([sys.executable, "-m", "cdc"], env=env, capture_output=True,
+                              text=True, timeout=30)
+        assert proc.returncode == 0, proc.stderr
+        got = set(out.read_text().replace("\x0b", " ").split())
+        assert wanted <= got, (line, got)
