@@ -20,6 +20,7 @@ import psycopg
 import pytest
 import redis
 
+from cdc import serverconf
 from tests.podmanstack import Stack
 
 pytestmark = pytest.mark.deploy
@@ -146,6 +147,16 @@ def test_stack_streams_hands_over_and_stops_cleanly(stack: Stack) -> None:
     assert code == 503 and "standing by" in body, (code, body)
     assert probe(s, standby, "/healthz")[0] == 200
     say(f"{first} streams (/readyz 200); {standby} /healthz 200, /readyz 503 '{body.strip()}'")
+
+    aof = s.exec("redis", "redis-cli", "config", "get", "appendonly").stdout.split()
+    assert aof == ["appendonly", "yes"], aof
+    with psycopg.connect(dsn) as conn:
+        gucs = dict(conn.execute(
+            "SELECT name, setting FROM pg_settings WHERE name IN"
+            " ('wal_level', 'output_plugin_libraries')").fetchall())
+    assert gucs["wal_level"] == "logical"
+    assert "wal2json" in serverconf.parse_list(gucs.get("output_plugin_libraries", "wal2json"))
+    say(f"redis appendonly yes; postgres {gucs}")
 
     started = time.monotonic()
     insert(dsn, 0, 300)

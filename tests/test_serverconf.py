@@ -48,6 +48,7 @@ def create_slot(dsn: str, plugin: str) -> str:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute("SELECT pg_create_logical_replication_slot('probe', %s, true)",
                          (plugin,))
+            conn.execute("SELECT pg_drop_replication_slot('probe')")  # not at backend exit
         return ""
     except psycopg.Error as e:
         return str(e).strip()
