@@ -109,6 +109,21 @@ class Stack:
         """Create the project's private network."""
         podman("network", "create", self.project)
 
+    @staticmethod
+    def remove_stale(prefix: str, alive: set[str]) -> list[str]:
+        """Remove containers, networks and volumes of earlier runs named `prefix`*."""
+        out = podman("ps", "-a", "--format", "{{.Labels.project}}").stdout.split()
+        stale = sorted({p for p in out if p.startswith(prefix) and p not in alive})
+        for project in stale:
+            ids = podman("ps", "-a", "-q", "--filter", f"label=project={project}").stdout
+            for name in ids.split():
+                podman("rm", "-f", "-t", "0", name, check=False)
+            podman("network", "rm", "-f", project, check=False)
+            for vol in podman("volume", "ls", "-q").stdout.split():
+                if vol.startswith(project + "-"):
+                    podman("volume", "rm", "-f", vol, check=False)
+        return stale
+
     def run_args(self, service: str) -> tuple[list[str], dict[str, str]]:
         """Return `podman run` arguments for `service` and the environment they read."""
         svc = self.spec(service)

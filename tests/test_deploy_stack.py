@@ -8,6 +8,7 @@ non-root numeric user and connects as a non-superuser REPLICATION role.
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -21,7 +22,7 @@ import pytest
 import redis
 
 from cdc import serverconf
-from tests.podmanstack import Stack
+from tests.podmanstack import Stack, podman
 
 pytestmark = pytest.mark.deploy
 
@@ -42,6 +43,8 @@ def stack() -> Iterator[Stack]:
     os.environ.setdefault("POSTGRES_PASSWORD", PASSWORD)
     os.environ.setdefault("CDC_RELAY_PASSWORD", PASSWORD + "-relay")
     s = Stack(f"cdc-deploy-{os.getpid()}")
+    for stale in Stack.remove_stale("cdc-deploy-", alive={s.project}):
+        say(f"removed the containers of an interrupted run: {stale}")
     try:
         for service in ("postgres", "redis", "migrate"):  # migrate builds the relay image
             took = s.build(service)
@@ -208,6 +211,8 @@ def test_stack_streams_hands_over_and_stops_cleanly(stack: Stack) -> None:
         f" not PUBLISHED in the outbox {row[0]}")
     assert (lost, duplicated, row[0], row[1]) == (0, 0, 0, total)
 
+    image = json.loads(podman("image", "inspect", s.services[standby]["image"]).stdout)[0]
+    assert image["Healthcheck"]["Test"] == ["CMD", "cdc", "healthcheck"], image
     inspect = s.inspect(standby)
     assert inspect["HostConfig"]["ReadonlyRootfs"] is True
     uid = s.exec(standby, "id", "-u").stdout.strip()
@@ -215,7 +220,8 @@ def test_stack_streams_hands_over_and_stops_cleanly(stack: Stack) -> None:
     touch = s.exec(standby, "touch", "/opt/axiom-cdc/probe")
     assert touch.returncode != 0 and "Read-only file system" in touch.stderr, touch
     say(f"{standby} runs as uid {uid} (user {inspect['Config']['User']!r}) on a read-only"
-        f" root: touch says {touch.stderr.strip()!r}")
+        f" root: touch says {touch.stderr.strip()!r}; image HEALTHCHECK"
+        f" {image['Healthcheck']['Test'][1:]}")
 
     with psycopg.connect(dsn) as conn:
         role = conn.execute(
