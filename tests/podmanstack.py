@@ -76,6 +76,7 @@ class Stack:
         self.volumes: set[str] = set(spec.get("volumes") or {})
         self.ports: dict[str, dict[int, int]] = {}
         self.started: list[str] = []
+        self.extra: list[str] = []  # containers started outside the compose file
 
     def name(self, service: str) -> str:
         """Return the container name of `service`."""
@@ -252,8 +253,8 @@ class Stack:
 
     def down(self) -> None:
         """Remove the project's containers, network and volumes (images stay cached)."""
-        for service in reversed(self.started):
-            podman("rm", "-f", "-t", "2", self.name(service), check=False)
+        for name in [*self.extra, *(self.name(s) for s in reversed(self.started))]:
+            podman("rm", "-f", "-t", "2", name, check=False)
         podman("network", "rm", "-f", self.project, check=False)
         for volume in self.volumes:
             podman("volume", "rm", "-f", f"{self.project}-{volume}", check=False)

@@ -16,13 +16,14 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 import redis
 
 from cdc import serverconf
-from tests.podmanstack import Stack, podman
+from tests.podmanstack import ROOT, Stack, podman
 
 pytestmark = pytest.mark.deploy
 
@@ -238,3 +239,59 @@ def test_stack_streams_hands_over_and_stops_cleanly(stack: Stack) -> None:
     code, took = s.stop(standby)
     assert code == 0 and took < 5, (code, took)
     say(f"SIGTERM to {standby}: exit {code} after {took:.2f} s")
+
+
+def test_systemd_unit_runs_the_relay_under_its_sandbox(stack: Stack, tmp_path: Path) -> None:
+    """docker/axiom-cdc-relay.service under systemd (PID 1 in a container) on the same stack."""
+    s, dsn, rds = stack, pg_dsn(stack), redis_client(stack)
+    for relay in RELAYS:
+        s.stop(relay)  # the unit's relay must hold the slot
+    started = time.monotonic()
+    podman("build", "--format", "docker", "--pull=never", "--network", "host", "-q",
+           "-f", str(ROOT / "tests" / "deploy" / "systemd.Dockerfile"), "-t",
+           "axiom-cdc-systemd-probe", str(ROOT), timeout=600)
+    say(f"built the systemd probe image in {time.monotonic() - started:.1f} s")
+    relay_pw = os.environ["CDC_RELAY_PASSWORD"]
+    (tmp_path / "relay.env").write_text(
+        f"CDC_DATABASE_URL=postgresql://relay:{relay_pw}@postgres:5432/postgres\n"
+        "CDC_REDIS_URL=redis://redis:6379/0\n")
+    name = f"{s.project}-systemd"
+    s.extra.append(name)
+    podman("run", "-d", "--name", name, "--systemd=always", "--network", s.project,
+           "-v", f"{tmp_path}:/etc/axiom-cdc:ro", "axiom-cdc-systemd-probe")
+
+    def ready() -> bool:
+        probe = podman("exec", "-e", "CDC_METRICS_PORT=9108", name, "/opt/axiom-cdc/bin/cdc",
+                       "healthcheck", "--ready", check=False)
+        return probe.returncode == 0
+
+    deadline = time.monotonic() + 60
+    while not ready():
+        assert time.monotonic() < deadline, podman(
+            "exec", name, "journalctl", "-u", "axiom-cdc-relay", "--no-pager", check=False).stdout
+        time.sleep(0.5)
+    pid = podman("exec", name, "systemctl", "show", "-p", "MainPID", "--value",
+                 "axiom-cdc-relay").stdout.strip()
+    status = dict(
+        line.split(":\t", 1) for line in podman("exec", name, "cat", f"/proc/{pid}/status")
+        .stdout.splitlines() if ":\t" in line
+    )
+    assert status["NoNewPrivs"].strip() == "1" and status["Seccomp"].strip() == "2", status
+    assert int(status["CapEff"], 16) == 0 and int(status["CapBnd"], 16) == 0, status
+    say(f"systemd runs the unit's relay (pid {pid}, uid {status['Uid'].split()[0]}): streaming,"
+        f" NoNewPrivs 1, seccomp filter on, no capabilities")
+
+    before = len(published(rds))
+    insert(dsn, 100_000, 300)
+    seen = wait_published(rds, before + 300)
+    assert len(seen) == before + 300 and max(seen.values()) == 1
+    stopping = time.monotonic()
+    podman("exec", name, "systemctl", "stop", "axiom-cdc-relay")
+    took = time.monotonic() - stopping
+    show = dict(line.split("=", 1) for line in podman(
+        "exec", name, "systemctl", "show", "-p", "Result", "-p", "ExecMainStatus",
+        "-p", "ExecMainCode", "axiom-cdc-relay").stdout.splitlines())
+    assert show["Result"] == "success" and show["ExecMainStatus"] == "0", show
+    assert took < 5, took
+    say(f"the unit's relay published 300 more events once each; systemctl stop: exit"
+        f" {show['ExecMainStatus']}, Result={show['Result']}, {took:.2f} s")
