@@ -104,6 +104,10 @@ class Metrics:
             "core_consumer_group_lag", "Entries a consumer group has not yet been delivered",
             ["stream", "group"], registry=r,
         )
+        self.stream_length = Gauge(
+            "core_stream_length", "Entries in a routed stream (XLEN, sampled)", ["stream"],
+            registry=r,
+        )
         self.group_pending = Gauge(
             "core_consumer_group_pending", "Entries delivered to a group but not acknowledged",
             ["stream", "group"], registry=r,

@@ -69,7 +69,7 @@ class Sampler(threading.Thread):
             log.info("metrics: sampling %s again", source)
 
     def sample_redis(self) -> None:
-        """Read DLQ depth and consumer-group lag and pending from Redis."""
+        """Read DLQ depth, stream lengths, consumer-group lag and pending from Redis."""
         with contextlib.closing(
             redisconn.client(self._s.redis_url.get_secret_value(), timeout=2, decode=False)
         ) as r:
@@ -77,6 +77,7 @@ class Sampler(threading.Thread):
             for stream in self._streams:
                 if not r.exists(stream):
                     continue
+                self._m.stream_length.labels(stream).set(int(r.xlen(stream)))
                 for g in r.xinfo_groups(stream):
                     name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
                     lag = g.get("lag")

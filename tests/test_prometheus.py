@@ -17,7 +17,7 @@ import yaml
 
 from cdc.localservers import free_port
 from cdc.settings import Settings
-from tests.relayutil import relay, wait_for
+from tests.relayutil import insert_cases, relay, wait_for
 
 DOCKER = Path(__file__).resolve().parent.parent / "docker"
 
@@ -79,11 +79,14 @@ def test_prometheus_scrapes_the_relay_and_alerts_when_it_stops(
 ) -> None:
     port, target = prometheus
     assert len(api(port, "rules")["groups"][0]["rules"]) >= 8
+    insert_cases(settings.database_url.get_secret_value(), 25)
     with relay(settings, CDC_METRICS_PORT=str(target), CDC_METRICS_SAMPLE_S="0.5"):
         wait_for(lambda: value(port, "core_relay_streaming") == 1, timeout=30,
                  what="prometheus sees core_relay_streaming 1")
         wait_for(lambda: value(port, "core_relay_slot_lag_bytes") is not None, timeout=30,
                  what="prometheus sees the sampled slot lag")
+        wait_for(lambda: value(port, 'core_stream_length{stream="axiom:core:events"}') == 25,
+                 timeout=30, what="prometheus sees the 25 entries of axiom:core:events")
         time.sleep(2)  # two evaluations with the relay up
         rules = api(port, "rules")["groups"][0]["rules"]
         assert all(r["health"] == "ok" for r in rules), rules
