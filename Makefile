@@ -1,4 +1,4 @@
-.PHONY: bootstrap demo test lint typecheck pytest bench clean
+.PHONY: bootstrap demo test test-deploy constraints lint typecheck pytest bench clean
 
 VENV := .venv/bin
 
@@ -12,6 +12,19 @@ test: bootstrap
 	$(VENV)/ruff check cdc tests bench
 	$(VENV)/mypy cdc
 	$(VENV)/pytest -q
+
+# Build the images and start the compose stack with podman; prove streaming, handover, stop.
+test-deploy: bootstrap
+	@scripts/bootstrap-deploy
+	$(VENV)/pytest -q -s -p no:cacheprovider -m deploy tests/test_deploy_stack.py
+
+# Re-resolve docker/constraints.txt (the images' pinned dependencies) from pyproject.toml.
+constraints:
+	rm -rf .venv-lock && python3 -m venv .venv-lock
+	.venv-lock/bin/pip install -q --disable-pip-version-check .
+	{ echo "# Pinned Python dependencies of the images, resolved from pyproject.toml. Refresh: make constraints"; \
+	  .venv-lock/bin/pip freeze --exclude axiom-cdc; } > docker/constraints.txt
+	rm -rf .venv-lock
 
 bench: bootstrap
 	$(VENV)/python -m bench.bench_relay

@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import redis
 
-from cdc import db, migrate, privileges, redisconn, redisstate
+from cdc import db, migrate, privileges, redisconn, redisstate, serverconf
 from cdc.errors import CdcError
 from cdc.route import Router
 from cdc.settings import Settings, redact
@@ -87,10 +87,9 @@ def _wal_level(level: str) -> Finding:
 
 
 def _plugin_libs(value: str, context: dict[str, str]) -> Finding:
-    libs = [x.strip().strip('"') for x in value.split(",") if x.strip()]
+    libs = serverconf.parse_list(value)  # a quoted "a,b" is one element, as the server reads it
     if "wal2json" in libs:
         return Finding("output_plugin_libraries", OK, "output_plugin_libraries allows wal2json")
-    new = ",".join([*libs, "wal2json"])
     apply = (
         "restart PostgreSQL" if context["output_plugin_libraries"] == "postmaster"
         else "SELECT pg_reload_conf();"
@@ -98,7 +97,7 @@ def _plugin_libs(value: str, context: dict[str, str]) -> Finding:
     return Finding(
         "output_plugin_libraries", FAIL,
         f"output_plugin_libraries is {value!r}: wal2json may not be used as an output plugin",
-        f"ALTER SYSTEM SET output_plugin_libraries = '{new}'; {apply}",
+        f"{serverconf.alter_plugins(serverconf.with_wal2json(value))}; {apply}",
     )
 
 
@@ -283,7 +282,11 @@ def _probe(conn: db.Conn, major: int) -> Finding:
         )
     except psycopg.Error as e:
         hint = e.diag.message_hint or ""
-        return Finding("wal2json", FAIL, f"cannot create a wal2json slot: {e}".strip(), hint)
+        if "may not be used as an output plugin" in str(e):  # the list is hidden from us
+            hint = (f"as a superuser: {serverconf.alter_plugins()}; SELECT pg_reload_conf();"
+                    " (keep any other library SHOW output_plugin_libraries lists)")
+        msg = " ".join(str(e).split("\n")[0].split())
+        return Finding("wal2json", FAIL, f"cannot create a wal2json slot: {msg}", hint)
     finally:
         conn.execute("RESET statement_timeout")
     return Finding("wal2json", OK, "wal2json loads: a temporary slot was created and dropped")

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import redis
 
+from cdc import serverconf
+
 PG_MAJOR = os.environ.get("PG_MAJOR", "15")
 RESERVED_PORTS = {5432, 6379}
 
@@ -75,20 +77,23 @@ class LocalPostgres:
             str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", "postgres",
             "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync",
         )
+        # The relay's settings as the image has them (cdc/serverconf.py), more slots for tests.
+        needed = serverconf.server_conf(
+            recommended=False, wal_level=self.wal_level, max_replication_slots="20",
+            max_wal_senders="20",
+        )
+        if serverconf.knows_plugin_libraries(self.bindir):
+            needed += serverconf.plugins_conf()
         conf = f"""
 listen_addresses = '127.0.0.1'
 port = {self.port}
 unix_socket_directories = '{self.root}'
-wal_level = {self.wal_level}
-max_replication_slots = 20
-max_wal_senders = 20
-max_connections = 120
+{needed}max_connections = 120
 fsync = off
 full_page_writes = off
 shared_buffers = 128MB
 wal_sender_timeout = 60s
 log_min_messages = warning
-output_plugin_libraries = 'wal2json'
 {self.extra_conf}
 """
         with open(self.datadir / "postgresql.conf", "a") as f:

@@ -23,7 +23,9 @@ class Settings(BaseSettings):
     redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
     slot: str = Field("axiom_outbox", pattern=r"^[a-z0-9_]{1,63}$")
     outbox_table: str = Field("public.event_outbox", pattern=r"^[a-z_]\w*\.[a-z_]\w*$")
-    metrics_port: int = 0  # 0 = no metrics endpoint
+    metrics_port: int = Field(0, ge=0, le=65535)  # 0 = no metrics endpoint
+    metrics_addr: str = "127.0.0.1"  # the image sets 0.0.0.0
+    health_stuck_s: float = Field(60.0, gt=0)  # /healthz fails when the loop is still longer
     mark_published: bool = True
     batch_size: int = Field(500, ge=1)
     linger_ms: float = Field(0.0, ge=0)
@@ -42,6 +44,7 @@ class Settings(BaseSettings):
     metrics_sample_s: float = Field(5.0, gt=0)
     migrations_dir: Path = SQL_DIR
     weaver_secret_key: SecretStr | None = None
+    log_format: str = Field("text", pattern=r"^(text|json)$")
 
     @field_validator("routes")
     @classmethod

@@ -1,14 +1,20 @@
-# PostgreSQL 15 with wal2json and logical decoding on.
-# Same package as scripts/bootstrap: postgresql-$PG_MAJOR-wal2json (from the PGDG apt repository
-# the official image already configures). Standard PostgreSQL has no output_plugin_libraries
-# setting, so none is set here.
-FROM postgres:15-bookworm
+# PostgreSQL 15 from Debian with wal2json and the server settings the relay needs.
+# Build from the repository root: podman build -f docker/postgres.Dockerfile -t axiom-cdc-postgres .
+# Same packages as scripts/bootstrap (postgresql-$PG_MAJOR, postgresql-$PG_MAJOR-wal2json).
+# The settings come from cdc/serverconf.py, rendered into docker/postgres/*.conf
+# (`python -m cdc.serverconf --write docker/postgres`; tests/test_deploy.py checks they match).
+FROM debian:bookworm-slim
 ARG PG_MAJOR=15
 RUN apt-get update \
- && apt-get install -y --no-install-recommends "postgresql-${PG_MAJOR}-wal2json" \
- && rm -rf /var/lib/apt/lists/*
-# max_slot_wal_keep_size caps the WAL a stopped relay can pin; past it the slot is lost and
-# is re-created with a backfill (docs/runbook.md §8).
-CMD ["postgres", "-c", "wal_level=logical", "-c", "max_replication_slots=10", \
-     "-c", "max_wal_senders=10", "-c", "max_slot_wal_keep_size=50GB", \
-     "-c", "wal_sender_timeout=60s"]
+ && apt-get install -y --no-install-recommends "postgresql-${PG_MAJOR}" "postgresql-${PG_MAJOR}-wal2json" \
+ && rm -rf /var/lib/apt/lists/* \
+ && mkdir -p /var/lib/postgresql/data /run/postgresql \
+ && chown -R postgres:postgres /var/lib/postgresql /run/postgresql
+COPY docker/postgres/cdc-server.conf docker/postgres/cdc-plugins.conf /etc/axiom-cdc/
+COPY --chmod=755 docker/postgres/entrypoint.sh /usr/local/bin/cdc-postgres
+ENV PATH=/usr/lib/postgresql/${PG_MAJOR}/bin:$PATH PGDATA=/var/lib/postgresql/data
+USER postgres
+EXPOSE 5432
+STOPSIGNAL SIGINT
+HEALTHCHECK --interval=2s --timeout=3s --retries=30 CMD ["pg_isready", "-h", "127.0.0.1", "-U", "postgres"]
+ENTRYPOINT ["/usr/local/bin/cdc-postgres"]

@@ -1,4 +1,7 @@
-"""Deployment files, checked without a Docker engine: they parse and point at real things."""
+"""Deployment files, checked without containers: they parse and point at real things.
+
+tests/test_deploy_stack.py (`make test-deploy`) builds and starts them with podman.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ from typing import Any
 
 import yaml
 
+from cdc import serverconf
 from cdc.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,13 +51,18 @@ def test_compose_parses_and_references_existing_files() -> None:
             source = volume.split(":")[0]
             if source.startswith("."):
                 assert (DOCKER / source).exists(), volume
+    for svc in services.values():
+        for port in svc.get("ports", []):
+            assert port.startswith("127.0.0.1:"), port  # published on loopback only
     relay = services["relay"]
     port = relay["environment"]["CDC_METRICS_PORT"]
-    assert f"{port}:{port}" in relay["ports"]
+    assert f"127.0.0.1:{port}:{port}" in relay["ports"]
+    assert relay["environment"]["CDC_METRICS_ADDR"] == "0.0.0.0"
+    assert "postgres:" not in relay["environment"]["CDC_DATABASE_URL"].split("@")[0]
     prom = yaml.safe_load((DOCKER / "prometheus.yml").read_text())
     targets = [t for job in prom["scrape_configs"] for c in job["static_configs"]
                for t in c["targets"]]
-    assert f"relay:{port}" in targets and "redis-exporter:9121" in targets
+    assert {f"relay:{port}", f"relay-standby:{port}", "redis-exporter:9121"} <= set(targets)
 
 
 def test_dashboard_parses_and_uses_only_metrics_that_exist() -> None:
@@ -82,10 +91,32 @@ def test_images_install_what_bootstrap_installs() -> None:
         for pkg in re.findall(r'"(postgresql-[^"]+)"', dockerfile):
             assert pkg.replace("${PG_MAJOR}", "15") in packages, pkg
     assert "pip install" in relay and "COPY pyproject.toml" in relay  # the same dependency list
-    assert "wal_level=logical" in postgres
-    assert "output_plugin_libraries=" not in postgres  # stock PostgreSQL has no such setting
+    assert "-r constraints.txt" in relay and "COPY docker/constraints.txt" in relay
+    assert "USER 10001:10001" in relay and "HEALTHCHECK" in relay
+    assert "docker/postgres/cdc-server.conf docker/postgres/cdc-plugins.conf" in postgres
     redis_conf = (DOCKER / "redis.conf").read_text()
     assert "appendonly yes" in redis_conf and "maxmemory-policy noeviction" in redis_conf
+
+
+def test_image_server_settings_are_the_ones_serverconf_decides() -> None:
+    header = serverconf.HEADER
+    conf = DOCKER / "postgres"
+    assert (conf / "cdc-server.conf").read_text() == header + serverconf.server_conf()
+    assert (conf / "cdc-plugins.conf").read_text() == header + serverconf.plugins_conf()
+    assert "wal_level = logical" in serverconf.server_conf()
+    entry = (conf / "entrypoint.sh").read_text()
+    assert "--describe-config" in entry and "cdc-plugins.conf" in entry
+
+
+def test_constraints_pin_every_dependency() -> None:
+    lines = [x for x in (DOCKER / "constraints.txt").read_text().splitlines()
+             if x and not x.startswith("#")]
+    pinned = {x.split("==")[0].lower().replace("_", "-") for x in lines}
+    assert all("==" in x for x in lines), lines
+    deps = re.findall(r'^\s+"([A-Za-z0-9_.-]+)', (ROOT / "pyproject.toml").read_text().split(
+        "[project.optional-dependencies]")[0], flags=re.M)
+    for dep in deps:
+        assert dep.lower().replace("_", "-") in pinned, dep
 
 
 def test_systemd_unit_runs_the_relay_and_stops_it_cleanly() -> None:

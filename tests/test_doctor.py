@@ -58,7 +58,7 @@ def test_wal_level_replica_exits_1_and_names_the_fix(aof_redis: LocalRedis, cli:
         assert res.code == 1
         assert "wal_level is replica" in res.out
         assert "fix: ALTER SYSTEM SET wal_level = logical; then restart PostgreSQL" in res.out
-        assert "ALTER SYSTEM SET output_plugin_libraries = 'wal2json'" in res.out
+        assert "ALTER SYSTEM SET output_plugin_libraries = wal2json;" in res.out
         assert "fix: cdc migrate" in res.out  # a bare cluster has no migrations
         found = levels(cli("doctor", "--json").json())
         assert found["wal_level"] == found["output_plugin_libraries"] == "FAIL"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from cdc import health
 from cdc.commands import stop_on_signals
 from cdc.metrics import Metrics
 from cdc.relay import Relay
@@ -26,9 +27,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Run the relay until SIGTERM/SIGINT (or until drained with --once)."""
-    stop = stop_on_signals("finishing in-flight batches, then exiting", log=log)
     metrics = Metrics()
-    metrics.serve(settings.metrics_port)
+    if settings.metrics_port:
+        probes = health.Health(metrics, slot=settings.slot, stuck_after=settings.health_stuck_s)
+        health.serve(probes, addr=settings.metrics_addr, port=settings.metrics_port)
+    stop = stop_on_signals("finishing in-flight batches, then exiting", log=log)
     if settings.metrics_port:
         Sampler(settings, metrics, stop, interval=settings.metrics_sample_s).start()
     log.info(
