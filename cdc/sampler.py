@@ -13,7 +13,7 @@ import psycopg
 import redis
 from psycopg import sql
 
-from cdc import db, keys, redisconn
+from cdc import db, keys, redisconn, redisstate
 from cdc.metrics import Metrics
 from cdc.route import Router
 from cdc.settings import Settings
@@ -102,6 +102,10 @@ class Sampler(threading.Thread):
                 count, age = pending(conn, self._s.outbox_table)
                 self._m.pending.set(count)
                 self._m.pending_age.set(age)
+            # Cleared by `cdc replay --ack-reset` without a relay restart, raised by either relay.
+            with contextlib.suppress(psycopg.errors.UndefinedTable):  # before migration 006
+                reset = redisstate.unacknowledged(conn, self._s.slot)
+                self._m.redis_reset.set(1 if reset else 0)
 
 
 def count_pending(conn: psycopg.Connection[Any], table: str) -> int:

@@ -350,6 +350,8 @@ def test_redis_reset_mid_run_is_reported_and_recovered_without_duplicates(
             ids = [e["event_id"] for e in stream_events(client)]
             assert len(ids) == len(set(ids)) == 5000
             assert "Redis lost" not in cli("status").out
+            wait_for(lambda: _metric(port, "core_relay_redis_reset") == 0,
+                     what="the reset metric cleared by the acknowledgement")
         assert "Redis lost its state" in (tmp_path / "relay.log").read_text()
         client.close()
 
