@@ -187,7 +187,7 @@ def replay(
     by_stream: dict[str, list[Row]] = {}
     for dead in targets:
         try:
-            stream = router.route(dead.event_type)
+            stream = router.stream_for(dead.event_type, dead.tenant_id, dead.aggregate_id)
             if validate:
                 _check(dead, registry, settings.max_event_bytes)
         except EventError as e:
