@@ -19,7 +19,7 @@ class Batch:
 
     events: list[OutboxEvent]
     confirm_lsn: int
-    replies: int = 0
+    replies: tuple[tuple[int, int], ...] = ()  # (node, replies to read): RedisSink.send
     sent_at: float = 0.0
     published_ids: list[str] = field(default_factory=list)
 

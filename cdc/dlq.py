@@ -195,7 +195,7 @@ def replay(
             )
             continue
         try:
-            stream = router.route(dead.event_type)
+            stream = router.stream_for(dead.event_type, dead.tenant_id, dead.aggregate_id)
             if validate:
                 _check(dead, registry, settings.max_event_bytes)
         except EventError as e:

@@ -7,16 +7,41 @@ WATCHES = "axiom:watches"
 WORKERS = "axiom:workers"
 DLQ = "axiom:dlq:events"
 
-# Per-stream high-water mark of what the relay published: "commit_lsn:position".
+# Per-stream high-water mark of what the relay published (a dedup key). Format 2 puts the
+# stream's name in a hash tag, so the mark lives in the stream's Redis Cluster slot and
+# one script can touch both; format 1 (before) was HWM_PREFIX + stream.
 HWM_PREFIX = "axiom:cdc:hwm:"
+# The Redis state format the relay wrote ("2"), set once format-1 marks are migrated.
+FORMAT = "axiom:cdc:format"
+FORMAT_VERSION = "2"
 # Short-lived query jobs (Oracle/Weaver), with a TTL.
 QUERY_JOB_PREFIX = "axiom:query:job:"
 # Consumer-side dedup of event ids.
 CONSUMER_SEEN_PREFIX = "axiom:consumer:seen:"
 
 
+def hash_tag(key: str) -> str | None:
+    """Return the part of `key` Redis Cluster hashes, when it has a hash tag ({...})."""
+    start = key.find("{")
+    end = key.find("}", start + 1)
+    return key[start + 1 : end] if start >= 0 and end > start + 1 else None
+
+
+def same_slot(key: str) -> str:
+    """Return `key` in a form whose Redis Cluster slot is that of `key` itself, as a suffix.
+
+    A name without a hash tag is wrapped in one ({name}); a name with one keeps it.
+    """
+    return key if hash_tag(key) is not None else "{" + key + "}"
+
+
 def hwm(stream: str) -> str:
-    """Return the key holding `stream`'s publish high-water mark."""
+    """Return the key holding `stream`'s publish high-water mark (same slot as the stream)."""
+    return HWM_PREFIX + same_slot(stream)
+
+
+def hwm_v1(stream: str) -> str:
+    """Return the format-1 key of `stream`'s mark (to migrate)."""
     return HWM_PREFIX + stream
 
 
@@ -98,3 +123,11 @@ class OntologyKeys:
     def role_cases(self, t: str, role_id: str) -> str:
         """Return the set of case ids holding one role."""
         return f"{self.tenant(t)}role_cases:{role_id}"
+# How many partitions a route's stream was published with (CDC_ROUTES "stream/N"): a relay
+# refuses to start with another N until an operator drained the streams and deleted it.
+PARTITIONS_PREFIX = "axiom:cdc:partitions:"
+
+
+def partitions(stream: str) -> str:
+    """Return the key recording how many partitions `stream` is published with."""
+    return PARTITIONS_PREFIX + same_slot(stream)

@@ -33,6 +33,20 @@ def free_port() -> int:
             return port
 
 
+def cluster_port() -> int:
+    """Return a free port p <= 55535 whose cluster bus port p + 10000 is free too."""
+    while True:
+        port = free_port()
+        if port > 55535 or port + 10000 in RESERVED_PORTS:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
 def pg_bindir() -> Path:
     """Return the directory of the PostgreSQL server binaries."""
     path = Path(f"/usr/lib/postgresql/{PG_MAJOR}/bin")
@@ -140,9 +154,12 @@ log_min_messages = warning
 class LocalRedis:
     """A redis-server on a free port; no persistence unless `appendonly=True`."""
 
-    def __init__(self, *, port: int | None = None, appendonly: bool = False) -> None:
+    def __init__(
+        self, *, port: int | None = None, appendonly: bool = False, args: tuple[str, ...] = ()
+    ) -> None:
         self.port = port or free_port()
         self.appendonly = appendonly
+        self.args = args  # more redis-server options, e.g. ("--replicaof", "127.0.0.1", "6400")
         self.root = Path(tempfile.mkdtemp(prefix="cdc-redis-"))
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -158,7 +175,7 @@ class LocalRedis:
             "--dir", str(self.root), "--save", "", "--daemonize", "no",
             "--logfile", str(self.root / "redis.log"),
             "--appendonly", "yes" if self.appendonly else "no",
-            "--appendfsync", "always",
+            "--appendfsync", "always", *self.args,
         ]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
@@ -200,6 +217,60 @@ class LocalRedis:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def __enter__(self) -> LocalRedis:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()
+
+
+class LocalRedisCluster:
+    """A Redis Cluster of `masters` masters with `replicas` replicas each, on loopback ports."""
+
+    def __init__(self, *, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000) -> None:
+        self.nodes = [
+            LocalRedis(port=cluster_port(), appendonly=True, args=(
+                "--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms),
+                "--cluster-config-file", "nodes.conf",
+            ))
+            for _ in range(masters * (1 + replicas))
+        ]
+        self.replicas = replicas
+
+    @property
+    def url(self) -> str:
+        """Return the URL of the first node (any node will do for a cluster client)."""
+        return self.nodes[0].url
+
+    def start(self) -> None:
+        """Start every node, create the cluster, wait until it is ok."""
+        for node in self.nodes:
+            node.start()
+        subprocess.run(
+            ["redis-cli", "--cluster", "create",
+             *(f"127.0.0.1:{n.port}" for n in self.nodes),
+             "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )
+        deadline = time.monotonic() + 30
+        while not all(self._ok(n) for n in self.nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
+            time.sleep(0.1)
+
+    @staticmethod
+    def _ok(node: LocalRedis) -> bool:
+        with redis.Redis(port=node.port, socket_timeout=2) as client:
+            info = client.execute_command("CLUSTER", "INFO")
+            text = info.decode() if isinstance(info, bytes) else str(info)
+            return "cluster_state:ok" in text
+
+    def destroy(self) -> None:
+        """Stop every node and remove its files."""
+        for node in self.nodes:
+            node.destroy()
+
+    def __enter__(self) -> LocalRedisCluster:
         self.start()
         return self
 

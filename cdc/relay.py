@@ -26,7 +26,7 @@ from cdc.decode import Commit, Decoder, OutboxEvent
 from cdc.errors import Action, CdcError, ConfigError, EventError, EventTooLarge, SlotBusy, policy
 from cdc.metrics import Metrics
 from cdc.redisstate import new_token
-from cdc.route import Router
+from cdc.route import Router, partition, partition_stream
 from cdc.settings import Settings
 from cdc.sink import DLQ_FIELDS, RedisSink
 from cdc.source import Keepalive, ReplicationStream
@@ -43,6 +43,7 @@ class Prepare:
 
     def __init__(self, settings: Settings) -> None:
         self.router = Router(settings.routes)
+        self.partitions = self.router.partitions
         self.registry = Registry(unknown=settings.unknown_events)
         self.max_bytes = settings.max_event_bytes
 
@@ -55,6 +56,9 @@ class Prepare:
             if size > self.max_bytes:
                 raise EventTooLarge(f"payload is {size} bytes, over {self.max_bytes}", size=size)
         stream = self.router.route(event_type)
+        n = self.partitions[stream]
+        if n != 1:
+            stream = partition_stream(stream, partition(ev.tenant_id, ev.aggregate_id, n))
         ev.idempotency_key = self.registry.validate_json(event_type, payload)
         return stream
 
@@ -125,11 +129,11 @@ class Publisher:
             entries.append(entry(ev) if not ev.traceparent else
                            [*entry(ev), ev.traceparent, ev.tracestate])
             published(ev.event_id)
-        batch.replies = self.sink.send(by_stream, names) if by_stream else 0
+        batch.replies = self.sink.send(by_stream, names) if by_stream else ()
 
     def _stream_or(self, ev: OutboxEvent) -> str:
         try:
-            return self.prepare.router.route(ev.event_type)
+            return self.prepare.router.stream_for(ev.event_type, ev.tenant_id, ev.aggregate_id)
         except EventError:
             return ""
 
@@ -171,7 +175,10 @@ class Session:
     def run(self, *, once: bool) -> None:
         """Stream from the slot's confirmed position; return when stopped or drained."""
         dsn = self.s.database_url.get_secret_value()
-        sink = RedisSink(self.s.redis_url.get_secret_value(), maxlen=self.s.stream_maxlen)
+        sink = RedisSink(
+            self.s.redis_url.get_secret_value(), maxlen=self.s.stream_maxlen,
+            min_replicas=self.s.redis_min_replicas, wait_timeout_ms=self.s.redis_wait_timeout_ms,
+        )
         conn = db.connect(dsn, autocommit=True)
         stream: ReplicationStream | None = None
         try:
@@ -183,6 +190,10 @@ class Session:
             reset = redisstate.observe(conn, self.s.slot, sink.instance_token(new_token()))
             self.metrics.redis_reset.set(1 if reset else 0)
             pub = Publisher(self.s, sink, conn, self.metrics)
+            sink.check_partitions(pub.prepare.partitions)
+            streams = [*pub.prepare.router.streams(), keys.DLQ]
+            if moved := sink.migrate_marks(streams):
+                log.info("moved %d high-water mark(s) to format %s", moved, keys.FORMAT_VERSION)
             sink.ensure_groups(pub.prepare.router.streams(), self.s.group_names())
             sink.prime([*pub.prepare.router.streams(), keys.DLQ])
             self.decoder.epoch = slots.epoch(conn, self.s.slot)
@@ -264,7 +275,9 @@ class Session:
                 return False
             self._seal(pub, cp)
         if cp.in_flight:
-            reply = pub.sink.wait(stream.fileno, self.s.status_interval_s)
+            reply = pub.sink.wait(
+                stream.fileno, self.s.status_interval_s, cp.in_flight[0].replies
+            )
             overdue = time.monotonic() - cp.in_flight[0].sent_at > REPLY_TIMEOUT
             if reply or overdue or self.stop.is_set():
                 pub.ack(cp.acked(), self.wb)  # blocks at most the socket timeout

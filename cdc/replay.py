@@ -118,7 +118,9 @@ def replay(
         by_stream: dict[str, list[Row]] = {}
         for row in page:
             try:
-                by_stream.setdefault(router.route(row.event_type), []).append(row)
+                by_stream.setdefault(
+                    router.stream_for(row.event_type, row.tenant_id, row.aggregate_id), []
+                ).append(row)
             except EventError:
                 run.unroutable += 1
         for stream, rows in by_stream.items():

@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     # A last-resort memory cap (XADD MAXLEN ~): it discards oldest entries, acked or not, so it
     # sits well above `cdc trim --cap` (1M), whose alarm fires first. 0 = no cap.
     stream_maxlen: int = Field(10_000_000, ge=0)
+    # Redis replicas that must hold a batch (WAIT) before its LSN is confirmed; 0 = none.
+    redis_min_replicas: int = Field(0, ge=0)
+    redis_wait_timeout_ms: int = Field(1000, ge=1)
     routes: str = DEFAULT_ROUTES
     consumer_groups: str = "synapse_group,watch_cep_group"
     unknown_events: str = Field("pass", pattern=r"^(pass|dead_letter)$")

@@ -335,11 +335,13 @@ def test_recreated_slot_behind_old_marks_is_not_mistaken_for_a_replay(
     assert cdc(settings, "slot", "create").returncode == 0
     insert_cases(pg_dsn, 5)
     assert cdc(settings, "run", "--once").returncode == 0
-    mark = rds.get("axiom:cdc:hwm:axiom:core:events")
+    from cdc import keys
+
+    mark = rds.get(keys.hwm("axiom:core:events"))  # format 2: the stream in a hash tag
     assert mark is not None
     epoch = mark.split(":")[0]
     # marks of a primary that had gone far ahead of the WAL we will stream next
-    rds.set("axiom:cdc:hwm:axiom:core:events", f"{epoch}:{'f' * 16}:{'f' * 8}")
+    rds.set(keys.hwm("axiom:core:events"), f"{epoch}:{'f' * 16}:{'f' * 8}")
     assert cdc(settings, "slot", "drop", "--yes").returncode == 0
     assert cdc(settings, "slot", "create").returncode == 0
     insert_cases(pg_dsn, 5, tag="after-failover")
