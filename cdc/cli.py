@@ -34,6 +34,7 @@ _RELAY = (
     "health_stuck_s", "metrics_sample_s", "mark_published", "batch_size", "linger_ms",
     "max_in_flight", "max_retry", "max_event_bytes", "stream_maxlen", *_STREAMS,
     "unknown_events", "backfill", "standby_max_backoff_s", "status_interval_s",
+    "redis_min_replicas", "redis_wait_timeout_ms",
 )
 # The settings each command reads (every command also reads CDC_LOG_FORMAT).
 USES: dict[str, tuple[str, ...]] = {
@@ -51,6 +52,8 @@ USES: dict[str, tuple[str, ...]] = {
     "stats": _DB,
     "case-stats": _DB,
     "weaver": (*_DB, "weaver_secret_key"),
+    "vision": _DB,
+    "ontology": (*_DB, *_REDIS, "batch_size", "mark_published", "outbox_table"),
 }
 
 
