@@ -231,7 +231,7 @@ class LocalRedisCluster:
         self.nodes = [
             LocalRedis(port=cluster_port(), appendonly=True, args=(
                 "--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms),
-                "--cluster-config-file", "nodes.conf",
+                "--cluster-config-file", "nodes.conf", "--repl-diskless-sync-delay", "0",
             ))
             for _ in range(masters * (1 + replicas))
         ]
@@ -257,6 +257,17 @@ class LocalRedisCluster:
             if time.monotonic() > deadline:
                 raise RuntimeError("the Redis Cluster did not reach cluster_state:ok")
             time.sleep(0.1)
+        # A replica that never synced cannot be promoted: wait for every replica's link.
+        while not all(self._synced(n) for n in self.nodes):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster's replicas did not sync")
+            time.sleep(0.1)
+
+    @staticmethod
+    def _synced(node: LocalRedis) -> bool:
+        with redis.Redis(port=node.port, socket_timeout=2) as client:
+            info = client.info("replication")
+            return info.get("role") == "master" or info.get("master_link_status") == "up"
 
     @staticmethod
     def _ok(node: LocalRedis) -> bool:

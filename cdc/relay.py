@@ -160,8 +160,12 @@ class Publisher:
 class Session:
     """One hold of the slot: stream until stopped, drained (`once`), or an error."""
 
-    def __init__(self, settings: Settings, metrics: Metrics, stop: threading.Event) -> None:
+    def __init__(
+        self, settings: Settings, metrics: Metrics, stop: threading.Event,
+        redis_nodes: list[tuple[str, int]] | None = None,
+    ) -> None:
         self.s = settings
+        self.redis_nodes = redis_nodes if redis_nodes is not None else []
         self.metrics = metrics
         self.stop = stop
         self.batch: list[OutboxEvent] = []
@@ -178,6 +182,7 @@ class Session:
         sink = RedisSink(
             self.s.redis_url.get_secret_value(), maxlen=self.s.stream_maxlen,
             min_replicas=self.s.redis_min_replicas, wait_timeout_ms=self.s.redis_wait_timeout_ms,
+            known_nodes=self.redis_nodes,
         )
         conn = db.connect(dsn, autocommit=True)
         stream: ReplicationStream | None = None
@@ -187,6 +192,7 @@ class Session:
             bookkeeping(conn)
             _check_table(conn, self.s.outbox_table)
             sink.connect()
+            self.redis_nodes[:] = sink.known_nodes  # for the next session, if this node dies
             reset = redisstate.observe(conn, self.s.slot, sink.instance_token(new_token()))
             self.metrics.redis_reset.set(1 if reset else 0)
             pub = Publisher(self.s, sink, conn, self.metrics)
@@ -362,12 +368,13 @@ class Relay:
     def run(self, *, once: bool = False) -> None:
         """Ensure the slot, then stream; return on stop or when `once` has drained."""
         backoff = Backoff(base=0.1, cap=self.settings.standby_max_backoff_s)
+        redis_nodes: list[tuple[str, int]] = []  # a Redis Cluster's nodes, kept across sessions
         while not self.stop.is_set():
             started = time.monotonic()
             try:
                 # Every attempt: a slot dropped under a running relay is created again.
                 slots.ensure(self.settings)
-                Session(self.settings, self.metrics, self.stop).run(once=once)
+                Session(self.settings, self.metrics, self.stop, redis_nodes).run(once=once)
                 return
             except SlotBusy as e:
                 log.info("standing by: %s; retrying", e)

@@ -22,8 +22,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import redis
-from redis.cluster import RedisCluster
-from redis.connection import ConnectionPool
+from redis.cluster import ClusterNode, RedisCluster
+from redis.connection import ConnectionPool, parse_url
 
 from cdc import keys, luascripts
 from cdc.errors import ConfigError, SinkError
@@ -76,7 +76,7 @@ class RedisSink:
 
     def __init__(
         self, url: str, *, maxlen: int = 0, timeout: float = 5.0, min_replicas: int = 0,
-        wait_timeout_ms: int = 1000,
+        wait_timeout_ms: int = 1000, known_nodes: list[tuple[str, int]] | None = None,
     ) -> None:
         try:
             self._pool = ConnectionPool.from_url(
@@ -90,6 +90,8 @@ class RedisSink:
         self._min_replicas = min_replicas
         self._wait_ms = wait_timeout_ms
         self._cluster: RedisCluster | None = None
+        # Cluster nodes seen by an earlier session: a start when CDC_REDIS_URL's node is down.
+        self.known_nodes: list[tuple[str, int]] = list(known_nodes or [])
         self._conns: list[Any] = []  # one raw connection per node, [0] on a single Redis
         self._node_of: dict[str, int] = {}  # stream -> index into _conns
         self._by_name: dict[str, int] = {}  # node "host:port" -> index into _conns
@@ -105,16 +107,37 @@ class RedisSink:
         """Open the connection(s) and load the publish script."""
         try:
             self._last.clear()
-            if is_cluster(self._url, timeout=self._timeout):
-                self._cluster = RedisCluster.from_url(
-                    self._url, socket_timeout=self._timeout,
-                    socket_connect_timeout=self._timeout,
-                )
+            try:
+                cluster = is_cluster(self._url, timeout=self._timeout)
+            except SinkError:
+                if not self.known_nodes:
+                    raise
+                cluster = True  # that node is down: start from the others the last session saw
+            if cluster:
+                self._cluster = self._cluster_client()
+                self.known_nodes = [
+                    (n.host, int(n.port)) for n in self._cluster.get_nodes()  # type: ignore[no-untyped-call]
+                ]
             else:
                 self._open(self._pool)
         except (redis.RedisError, OSError) as e:
             self.close()
             raise translate(e, "connect") from None
+        except SinkError:
+            self.close()
+            raise
+
+    def _cluster_client(self) -> RedisCluster:
+        """Return a cluster client from CDC_REDIS_URL, or from the nodes seen before."""
+        opts: dict[str, Any] = {
+            "socket_timeout": self._timeout, "socket_connect_timeout": self._timeout,
+        }
+        if not self.known_nodes:
+            return RedisCluster.from_url(self._url, **opts)
+        creds = {k: v for k, v in parse_url(self._url).items()  # type: ignore[no-untyped-call]
+                 if k in ("username", "password", "ssl")}
+        nodes = [ClusterNode(host, port) for host, port in self.known_nodes]  # type: ignore[no-untyped-call]
+        return RedisCluster(startup_nodes=nodes, **creds, **opts)
 
     def _open(self, pool: Any) -> int:
         conn = pool.make_connection()
