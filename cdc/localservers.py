@@ -267,7 +267,7 @@ class LocalRedisCluster:
     def _synced(node: LocalRedis) -> bool:
         with redis.Redis(port=node.port, socket_timeout=2) as client:
             info = client.info("replication")
-            return info.get("role") == "master" or info.get("master_link_status") == "up"
+            return bool(info.get("role") == "master" or info.get("master_link_status") == "up")
 
     @staticmethod
     def _ok(node: LocalRedis) -> bool:
