@@ -67,7 +67,9 @@ def raw_read(dsn: str, slot: str, n: int) -> float:
     return rate
 
 
-def relay_env(dsn: str, redis_url: str, slot: str, mark: bool) -> dict[str, str]:
+def relay_env(
+    dsn: str, redis_url: str, slot: str, mark: bool, extra: dict[str, str] | None = None
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CDC_")}
     env.update(
         CDC_DATABASE_URL=dsn,
@@ -77,6 +79,7 @@ def relay_env(dsn: str, redis_url: str, slot: str, mark: bool) -> dict[str, str]
         CDC_BACKFILL="false",
         CDC_STREAM_MAXLEN="0",
     )
+    env.update(extra or {})
     return env
 
 
@@ -145,13 +148,15 @@ def _cpu_seconds(pid: int) -> tuple[float, float]:
     return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
 
 
-def run_once(dsn: str, redis_url: str, slot: str, mark: bool) -> dict[str, Any]:
+def run_once(
+    dsn: str, redis_url: str, slot: str, mark: bool, extra: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Run `cdc run --once`; return its exit code, wall seconds, and the seconds and CPU
     seconds spent streaming (from its "streaming slot" log line to its exit), peak RSS."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "cdc", "run", "--once"],
-        env=relay_env(dsn, redis_url, slot, mark),
+        env=relay_env(dsn, redis_url, slot, mark, extra),
         stderr=subprocess.PIPE,
     )
     assert proc.stderr is not None
@@ -261,10 +266,12 @@ def pct(values: list[float], p: float) -> float:
     return statistics.quantiles(values, n=1000)[int(p * 10) - 1] if len(values) > 1 else values[0]
 
 
-def start_relay(dsn: str, redis_url: str, slot: str, mark: bool) -> Any:
+def start_relay(
+    dsn: str, redis_url: str, slot: str, mark: bool, extra: dict[str, str] | None = None
+) -> Any:
     proc = subprocess.Popen(
         [sys.executable, "-m", "cdc", "run"],
-        env=relay_env(dsn, redis_url, slot, mark),
+        env=relay_env(dsn, redis_url, slot, mark, extra),
         stderr=subprocess.DEVNULL,
     )
 
