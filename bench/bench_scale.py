@@ -5,7 +5,7 @@
   cluster     a 3-master Redis Cluster (3 replicas), N = 1
   replica     one primary with one replica, CDC_REDIS_MIN_REPLICAS=1 (WAIT per batch)
 
-each drained from the same fresh backlog with `cdc run --once`, write-back on; ratios to
+(no server keeps an AOF, so only the topology differs) each drained from the same fresh backlog with `cdc run --once`, write-back on; ratios to
 "single". Then commit → XREAD latency at 1,000 events/s with min replicas 0 and 1. On two
 cores a cluster cannot add throughput: what it shows is the cost per event.
 
@@ -74,8 +74,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5.0)
     args = ap.parse_args()
-    with LocalPostgres() as pg, LocalRedis() as single, LocalRedisCluster() as cluster, \
-            LocalRedis(appendonly=True) as primary, \
+    with LocalPostgres() as pg, LocalRedis() as single, \
+            LocalRedisCluster(appendonly=False) as cluster, \
+            LocalRedis() as primary, \
             LocalRedis(args=("--replicaof", "127.0.0.1", str(primary.port))) as replica:
         migrate.apply(pg.dsn, SQL_DIR)
         configs: list[tuple[str, str, list[int], dict[str, str]]] = [

@@ -227,9 +227,12 @@ class LocalRedis:
 class LocalRedisCluster:
     """A Redis Cluster of `masters` masters with `replicas` replicas each, on loopback ports."""
 
-    def __init__(self, *, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000) -> None:
+    def __init__(
+        self, *, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000,
+        appendonly: bool = True,
+    ) -> None:
         self.nodes = [
-            LocalRedis(port=cluster_port(), appendonly=True, args=(
+            LocalRedis(port=cluster_port(), appendonly=appendonly, args=(
                 "--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms),
                 "--cluster-config-file", "nodes.conf", "--repl-diskless-sync-delay", "0",
             ))
