@@ -5,9 +5,10 @@
   cluster     a 3-master Redis Cluster (3 replicas), N = 1
   replica     one primary with one replica, CDC_REDIS_MIN_REPLICAS=1 (WAIT per batch)
 
-(no server keeps an AOF, so only the topology differs) each drained from the same fresh backlog with `cdc run --once`, write-back on; ratios to
-"single". Then commit → XREAD latency at 1,000 events/s with min replicas 0 and 1. On two
-cores a cluster cannot add throughput: what it shows is the cost per event.
+each drained from the same fresh backlog with `cdc run --once`, write-back on (no server
+keeps an AOF, so only the topology differs); ratios to "single". Then commit → XREAD
+latency at 1,000 events/s with min replicas 0 and 1. On two cores a cluster cannot add
+throughput: what it shows is the cost per event.
 
     .venv/bin/python -m bench.bench_scale [--events 100000] [--rounds 3]
 """
