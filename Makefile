@@ -1,4 +1,4 @@
-.PHONY: bootstrap demo test test-deploy constraints lint typecheck pytest bench clean
+.PHONY: bootstrap demo check test test-deploy constraints lint typecheck pytest bench clean
 
 VENV := .venv/bin
 
@@ -7,6 +7,13 @@ bootstrap:
 
 demo: bootstrap
 	$(VENV)/python -m cdc.demo
+
+# Seconds, no servers: lint, types and tests/unit (pure logic: checkpoint, routes, keys,
+# the error policy, contracts against their lean validators, no import cycle).
+check: bootstrap
+	$(VENV)/ruff check cdc tests bench
+	$(VENV)/mypy cdc
+	$(VENV)/pytest -q -p no:cacheprovider tests/unit
 
 test: bootstrap
 	$(VENV)/ruff check cdc tests bench
