@@ -42,7 +42,10 @@ class Checkpoint:
         self.in_flight.append(batch)
 
     def acked(self) -> Batch:
-        """Mark the oldest batch acknowledged and advance the confirmable LSN."""
+        """Mark the oldest batch acknowledged and advance the confirmable LSN.
+
+        Call it after the batch's replies were read without an error, never before.
+        """
         batch = self.in_flight.popleft()
         self.confirmed = max(self.confirmed, batch.confirm_lsn)
         return batch

@@ -258,7 +258,8 @@ class Session:
                         self._seal(pub, cp)
                         batch = self.batch
                         if len(cp.in_flight) >= max_in_flight:
-                            pub.ack(cp.acked(), self.wb)
+                            pub.ack(cp.in_flight[0], self.wb)
+                            cp.acked()
                             if time.monotonic() - self.sent_at > STATUS_MIN_INTERVAL:
                                 self._status(stream, cp)
                 elif isinstance(item, Commit):
@@ -286,7 +287,8 @@ class Session:
             )
             overdue = time.monotonic() - cp.in_flight[0].sent_at > REPLY_TIMEOUT
             if reply or overdue or self.stop.is_set():
-                pub.ack(cp.acked(), self.wb)  # blocks at most the socket timeout
+                pub.ack(cp.in_flight[0], self.wb)  # blocks at most the socket timeout
+                cp.acked()  # only once its replies were read without an error
             else:
                 stream.consume()
             return False
@@ -341,7 +343,8 @@ class Session:
         if self.batch:
             self._seal(pub, cp)
         while cp.in_flight:
-            pub.ack(cp.acked(), self.wb)
+            pub.ack(cp.in_flight[0], self.wb)
+            cp.acked()
         if self.wb is not None:
             self.wb.flush(timeout=3.0)
         self._status(stream, cp)

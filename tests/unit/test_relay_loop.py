@@ -1,0 +1,188 @@
+"""The relay loop (`Session._loop`) in-process over fakes of the replication stream, the Redis
+sink and the write-back: batches sealed at size, the in-flight limit, acks in order, the
+confirmed LSN never past an unacknowledged or unwritten batch, an error reply ending the
+session, idle keepalives confirmed. The decoder is the real one, fed wal2json v2 JSON.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from typing import Any
+
+import orjson
+import pytest
+
+from cdc import lsn as lsnlib
+from cdc.checkpoint import Checkpoint
+from cdc.errors import SinkError
+from cdc.metrics import Metrics
+from cdc.relay import Publisher, Session
+from cdc.settings import Settings
+from cdc.source import Keepalive
+
+Replies = tuple[tuple[int, int], ...]
+
+
+def tx(commit: int, n: int) -> list[bytes]:
+    """Return one transaction of `n` CASE_CREATED inserts committed at LSN `commit`."""
+    out = [orjson.dumps({"action": "B", "lsn": lsnlib.format(commit),
+                         "timestamp": "2026-12-01 10:00:00+00"})]
+    for i in range(n):
+        cols = [
+            {"name": "id", "value": str(uuid.uuid4())}, {"name": "tenant_id", "value": "t"},
+            {"name": "aggregate_type", "value": "case"}, {"name": "aggregate_id", "value": "a"},
+            {"name": "event_type", "value": "CASE_CREATED"},
+            {"name": "payload", "value": orjson.dumps(
+                {"case_id": f"c{commit}-{i}", "status": "OPEN"}).decode()},
+            {"name": "created_at", "value": "2026-12-01 10:00:00+00"},
+        ]
+        out.append(orjson.dumps({"action": "I", "schema": "public", "table": "event_outbox",
+                                 "columns": cols}))
+    out.append(orjson.dumps({"action": "C", "nextlsn": lsnlib.format(commit + 1)}))
+    return out
+
+
+LULL = None  # in a message list: the stream has nothing buffered for one read
+
+
+class FakeStream:
+    """Messages in order (LULL: one empty read), then nothing: sets `stop` at the end."""
+
+    fileno = -1
+
+    def __init__(self, messages: list[bytes | Keepalive | None], stop: threading.Event) -> None:
+        self._messages = messages
+        self._next = 0
+        self._stop = stop
+        self.statuses: list[int] = []
+
+    def read(self, refill: bool = False) -> memoryview | Keepalive | None:
+        if self._next >= len(self._messages):
+            self._stop.set()
+            return None
+        msg = self._messages[self._next]
+        self._next += 1
+        if msg is None or isinstance(msg, Keepalive):
+            return msg
+        return memoryview(msg)
+
+    def consume(self) -> None:
+        pass
+
+    def wait(self, timeout: float) -> None:
+        pass
+
+    def send_status(self, flushed: int, *, reply: bool = False) -> None:
+        self.statuses.append(flushed)
+
+
+class FakeSink:
+    """Record what is sent; answer in order; refuse the batch numbered `fail_at`."""
+
+    def __init__(self, fail_at: int = -1) -> None:
+        self.sent: list[dict[str, list[list[str]]]] = []
+        self.read: list[int] = []
+        self.max_outstanding = 0
+        self._fail_at = fail_at
+
+    def send(self, by_stream: dict[str, list[list[str]]], names: Any) -> Replies:
+        self.sent.append(by_stream)
+        self.max_outstanding = max(self.max_outstanding, len(self.sent) - len(self.read))
+        return ((len(self.sent) - 1, 1),)  # the batch's number stands in for a node
+
+    def wait(self, other_fd: int, timeout: float, replies: Replies = ()) -> bool:
+        return True
+
+    def read_replies(self, replies: Replies) -> int:
+        number = replies[0][0]
+        if number == self._fail_at:
+            raise SinkError("Redis refused XADD: OOM")
+        self.read.append(number)
+        return sum(len(v) for v in self.sent[number].values())
+
+
+class FakeWriteBack:
+    """Write back every submitted batch at once, except those numbered in `held`."""
+
+    def __init__(self, held: set[int] = frozenset()) -> None:  # type: ignore[assignment]
+        self.submitted: list[tuple[list[str], int]] = []
+        self._held = held
+        self._done = 0
+        self._stuck = False
+
+    def submit(self, ids: list[str], confirm_lsn: int) -> None:
+        if len(self.submitted) in self._held:
+            self._stuck = True  # nothing after a held batch counts as written either
+        elif not self._stuck:
+            self._done = confirm_lsn
+        self.submitted.append((list(ids), confirm_lsn))
+
+    def safe(self, confirmed: int) -> int:
+        return min(confirmed, self._done)
+
+    def flush(self, timeout: float) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def run_loop(
+    messages: list[bytes | Keepalive | None], *, sink: FakeSink, wb: FakeWriteBack | None = None,
+    batch_size: int = 3, max_in_flight: int = 2, start: int = 0x100,
+    raises: type[Exception] | None = None,
+) -> tuple[FakeStream, Checkpoint]:
+    s = Settings(batch_size=batch_size, max_in_flight=max_in_flight, mark_published=wb is not None)
+    stop = threading.Event()
+    session = Session(s, Metrics(), stop)
+    session.wb = wb  # type: ignore[assignment]
+    stream = FakeStream(messages, stop)
+    pub = Publisher(s, sink, None, session.metrics)  # type: ignore[arg-type]  # no failures here
+    cp = Checkpoint(start)
+    if raises is None:
+        session._loop(stream, pub, cp)  # type: ignore[arg-type]
+    else:
+        with pytest.raises(raises):
+            session._loop(stream, pub, cp)  # type: ignore[arg-type]
+    return stream, cp
+
+
+def test_batches_are_sealed_at_size_and_small_ones_at_a_lull() -> None:
+    sink = FakeSink()
+    run_loop([*tx(0x200, 7), LULL, *tx(0x300, 1), *tx(0x400, 1)], sink=sink)
+    # Sealed at 3, the rest at the lull; transactions arriving together share a batch.
+    assert [len(b["axiom:core:events"]) for b in sink.sent] == [3, 3, 1, 2]
+    assert sink.read == [0, 1, 2, 3]  # every batch acknowledged, in the order sent
+
+
+def test_in_flight_batches_never_exceed_the_limit() -> None:
+    sink = FakeSink()
+    run_loop(tx(0x200, 30), sink=sink, batch_size=2, max_in_flight=3)
+    assert len(sink.sent) == 15 and sink.max_outstanding == 3
+
+
+def test_confirmed_only_after_the_ack_and_the_write_back() -> None:
+    sink, wb = FakeSink(), FakeWriteBack(held={1})
+    messages = [*tx(0x200, 2), LULL, *tx(0x300, 2), LULL, *tx(0x400, 2), LULL]
+    stream, cp = run_loop(messages, sink=sink, wb=wb)
+    assert cp.confirmed == 0x401  # Redis acknowledged all three batches...
+    assert [lsn for _, lsn in wb.submitted] == [0x201, 0x301, 0x401]
+    # ...but the second was never written back: nothing past the first is confirmed.
+    assert stream.statuses and max(stream.statuses) == 0x201, stream.statuses
+
+
+def test_an_error_reply_ends_the_session_before_anything_after_it_counts() -> None:
+    sink, wb = FakeSink(fail_at=1), FakeWriteBack()
+    messages = [*tx(0x200, 2), *tx(0x300, 2), *tx(0x400, 2), LULL]
+    stream, cp = run_loop(messages, sink=sink, wb=wb, batch_size=2, max_in_flight=3,
+                          raises=SinkError)
+    assert len(sink.sent) == 3 and sink.read == [0]  # 2 and 3 were sent, never acknowledged
+    assert [lsn for _, lsn in wb.submitted] == [0x100]  # nor written back
+    assert cp.confirmed == 0x100 and all(x <= 0x100 for x in stream.statuses)
+
+
+def test_an_idle_keepalive_confirms_its_wal_end() -> None:
+    sink = FakeSink()
+    stream, cp = run_loop([*tx(0x200, 1), LULL, LULL, Keepalive(0x900, True)], sink=sink)
+    assert cp.confirmed == 0x900 and 0x900 in stream.statuses
