@@ -187,3 +187,16 @@ def cli(
 ) -> Cli:
     """Run `cdc ...` in-process against this test's servers (tests/opsutil.Cli)."""
     return Cli(settings, monkeypatch, capsys)
+
+
+@pytest.fixture(autouse=True)
+def clean_cdc_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Give every test an environment without the developer's CDC_* settings.
+
+    Subprocesses already get only what relay_env() passes; in-process Settings() must not
+    pick up a CDC_DATABASE_URL or CDC_REDIS_URL that points at the machine's own servers.
+    CDC_TEST_BACKEND chooses the harness and stays.
+    """
+    for key in list(os.environ):
+        if key.startswith("CDC_") and key != "CDC_TEST_BACKEND":
+            monkeypatch.delenv(key)

@@ -53,6 +53,7 @@ def total(rds: redis.Redis) -> int:
     return sum(int(rds.xlen(s)) for s in ("axiom:core:events", "axiom:watches", "axiom:workers"))
 
 
+@pytest.mark.slow
 def test_relay_sigkilled_5_times_during_100k_events(
     settings: Settings, pg_dsn: str, rds: redis.Redis, tmp_path: Path, report: Report
 ) -> None:
@@ -213,6 +214,7 @@ def test_links_to_redis_then_postgres_cut_and_restored(
     report("tcp-cut", f, t0, cuts=to_redis.cuts + to_pg.cuts - 2, restarts=0)
 
 
+@pytest.mark.slow
 def test_one_transaction_of_200k_rows_under_100_mib(
     settings: Settings, pg_dsn: str, rds: redis.Redis, tmp_path: Path, report: Report
 ) -> None:
