@@ -287,6 +287,8 @@ class _Group:
 
     def _ordered_step(self, leases: Leases, block_ms: int) -> Steps[int]:
         """Rebalance when due; per owned partition finish what is pending, else read on."""
+        if not leases.streams:  # step() before run() or ensure_groups()
+            yield from self._ensure_groups()
         n = 0
         for part in [None, *leases.owned.values()]:
             if leases.due():
