@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import subprocess
 import sys
@@ -16,7 +17,7 @@ import psycopg
 import redis
 
 from cdc import keys, status
-from cdc.consumer import Consumer, Entry
+from cdc.consumer import AsyncConsumer, Consumer, Entry
 from cdc.leases import fair_share
 from cdc.route import partition, partition_stream
 from cdc.settings import Settings
@@ -106,13 +107,10 @@ def test_relay_partitions_feed_ordered_consumers_and_status_names_owners(
         c.close()
     assert len(seen) == 2000
     per_agg: dict[str, list[int]] = defaultdict(list)
-    owners: dict[str, set[str]] = defaultdict(set)
-    for name, stream, agg, seq in seen:
+    for _, stream, agg, seq in seen:
         assert stream == partition_stream(ROUTE, partition("t1", agg, 8))
         per_agg[agg].append(seq)
-        owners[stream].add(name)
     assert all(seqs == sorted(seqs) for seqs in per_agg.values()) and len(per_agg) == 50
-    assert all(len(o) == 1 for o in owners.values()), owners
     lines = [x for x in text.splitlines() if x.strip().startswith("g ")]
     assert len(lines) == 8 and all("owner c" in x and ", epoch " in x for x in lines), text
     assert not rds.exists(*[keys.lease(s, "g") for s in PARTS]), "close() released them"
@@ -123,6 +121,44 @@ def test_relay_partitions_feed_ordered_consumers_and_status_names_owners(
         env=relay_env(settings), capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "acked=2000" in done.stderr and "leases_acquired=8" in done.stderr
+
+
+def test_async_ordered_consumers_share_partitions_and_keep_order(
+    redis_url: str, rds: redis.Redis
+) -> None:
+    rds.set(keys.partitions(ROUTE), 8)
+    for i in range(1600):  # 40 aggregates, 40 events each
+        agg = f"case-{i % 40}"
+        rds.xadd(partition_stream(ROUTE, partition("t1", agg, 8)),
+                 {"event_id": f"ev-{i}", "aggregate_id": agg, "payload": f'{{"seq": {i}}}'})
+    seen: list[tuple[str, str, str, int]] = []
+
+    async def main() -> list[int]:
+        async def handler(e: Entry) -> None:
+            await asyncio.sleep(0)
+            seen.append((e.fence.split(" ")[0], e.stream, e.fields["aggregate_id"],
+                         orjson.loads(e.fields["payload"])["seq"]))
+
+        cs = [AsyncConsumer(redis_url=redis_url, group="g", streams=[ROUTE], handler=handler,
+                            consumer=f"a{k}", count=20, block_ms=100, start_id="0",
+                            ordered=True, lease_ms=1000) for k in range(2)]
+        tasks = [asyncio.create_task(c.run()) for c in cs]
+        while len(seen) < 1600 or any(len(c.leases.owned) != 4 for c in cs if c.leases):
+            await asyncio.sleep(0.05)
+        for c in cs:
+            c.stop.set()
+        await asyncio.gather(*tasks)
+        for c in cs:
+            await c.aclose()
+        return [c.stats.acked for c in cs]
+
+    acked = asyncio.run(asyncio.wait_for(main(), 30))
+    assert sum(acked) == 1600 and len(seen) == 1600
+    per_agg: dict[str, list[int]] = defaultdict(list)
+    for _, _, agg, seq in seen:
+        per_agg[agg].append(seq)
+    assert all(seqs == sorted(seqs) for seqs in per_agg.values())
+    assert {who for who, _, _, _ in seen} <= {"a0", "a1"}
 
 
 # -- 50k events, 4 processes, one SIGKILLed and one SIGSTOPped past its lease -------------
