@@ -37,6 +37,17 @@ def test_fair_share_gives_each_member_its_count_and_own_partitions_first() -> No
     assert fair_share([f"c{i}" for i in range(10)], "c9", PARTS)[0] == 0
 
 
+def _first_handlings(seen: list[tuple[str, str, str, int]]) -> dict[str, list[int]]:
+    """Return each aggregate's event seqs in the order they were first handled."""
+    per_agg: dict[str, list[int]] = defaultdict(list)
+    done: set[int] = set()
+    for _, _, agg, seq in seen:
+        if seq not in done:
+            done.add(seq)
+            per_agg[agg].append(seq)
+    return per_agg
+
+
 def _consumer(url: str, name: str, handler: Any, **kw: Any) -> Consumer:
     opts: dict[str, Any] = {"count": 50, "block_ms": 100, "claim_idle_ms": 200,
                             "start_id": "0", "lease_ms": 1000, **kw}
@@ -97,7 +108,8 @@ def test_relay_partitions_feed_ordered_consumers_and_status_names_owners(
     threads = [threading.Thread(target=c.run) for c in cs]
     for t in threads:
         t.start()
-    wait_for(lambda: len(seen) >= 2000 and all(len(c.leases.owned) == 4 for c in cs
+    wait_for(lambda: len({x[3] for x in seen}) >= 2000 and all(
+        len(c.leases.owned) == 4 for c in cs
                                                if c.leases), what="2000 handled, 4 + 4 owned")
     text = status.render(status.snapshot(settings.model_copy(update={"routes": routes})))
     stop.set()
@@ -105,12 +117,11 @@ def test_relay_partitions_feed_ordered_consumers_and_status_names_owners(
         t.join(10)
     for c in cs:
         c.close()
-    assert len(seen) == 2000
-    per_agg: dict[str, list[int]] = defaultdict(list)
-    for _, stream, agg, seq in seen:
-        assert stream == partition_stream(ROUTE, partition("t1", agg, 8))
-        per_agg[agg].append(seq)
+    per_agg = _first_handlings(seen)
+    assert sum(len(x) for x in per_agg.values()) == 2000
     assert all(seqs == sorted(seqs) for seqs in per_agg.values()) and len(per_agg) == 50
+    for _, stream, agg, _ in seen:
+        assert stream == partition_stream(ROUTE, partition("t1", agg, 8))
     lines = [x for x in text.splitlines() if x.strip().startswith("g ")]
     assert len(lines) == 8 and all("owner c" in x and ", epoch " in x for x in lines), text
     assert not rds.exists(*[keys.lease(s, "g") for s in PARTS]), "close() released them"
@@ -143,7 +154,8 @@ def test_async_ordered_consumers_share_partitions_and_keep_order(
                             consumer=f"a{k}", count=20, block_ms=100, start_id="0",
                             ordered=True, lease_ms=1000) for k in range(2)]
         tasks = [asyncio.create_task(c.run()) for c in cs]
-        while len(seen) < 1600 or any(len(c.leases.owned) != 4 for c in cs if c.leases):
+        while len({x[3] for x in seen}) < 1600 or any(
+                len(c.leases.owned) != 4 for c in cs if c.leases):
             await asyncio.sleep(0.05)
         for c in cs:
             c.stop.set()
@@ -153,10 +165,8 @@ def test_async_ordered_consumers_share_partitions_and_keep_order(
         return [c.stats.acked for c in cs]
 
     acked = asyncio.run(asyncio.wait_for(main(), 30))
-    assert sum(acked) == 1600 and len(seen) == 1600
-    per_agg: dict[str, list[int]] = defaultdict(list)
-    for _, _, agg, seq in seen:
-        per_agg[agg].append(seq)
+    per_agg = _first_handlings(seen)
+    assert sum(acked) >= 1600 and sum(len(x) for x in per_agg.values()) == 1600
     assert all(seqs == sorted(seqs) for seqs in per_agg.values())
     assert {who for who, _, _, _ in seen} <= {"a0", "a1"}
 
