@@ -108,9 +108,9 @@ def test_relay_partitions_feed_ordered_consumers_and_status_names_owners(
     threads = [threading.Thread(target=c.run) for c in cs]
     for t in threads:
         t.start()
-    wait_for(lambda: len({x[3] for x in seen}) >= 2000 and all(
-        len(c.leases.owned) == 4 for c in cs
-                                               if c.leases), what="2000 handled, 4 + 4 owned")
+    wait_for(lambda: len({x[3] for x in seen}) >= 2000
+             and all(len(c.leases.owned) == 4 for c in cs if c.leases),
+             what="2000 handled, 4 + 4 owned")
     text = status.render(status.snapshot(settings.model_copy(update={"routes": routes})))
     stop.set()
     for t in threads:
