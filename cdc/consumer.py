@@ -293,14 +293,15 @@ class _Group:
         for part in [None, *leases.owned.values()]:
             if leases.due():
                 yield from self._rebalance(leases)
-            if part is None or part.stream not in leases.owned:
-                continue
+            if part is None or leases.owned.get(part.stream) is not part:
+                continue  # lost (and maybe taken again, a new tenure) since the list was made
             if time.monotonic() < part.not_before:
                 continue
             try:
                 n += yield from (self._read_part(part) if part.drained else self._drain(part))
-            except redis.ResponseError as e:
+            except REDIS_ERRORS as e:
                 if "FENCED" not in str(e):
+                    part.drained, part.cursor = False, "0-0"  # an ack may not have landed
                     raise
                 self.stats.fenced += 1
                 leases.drop(part, "a fenced call was refused")
@@ -319,7 +320,10 @@ class _Group:
     def _drain(self, part: Part) -> Steps[int]:
         """Claim and handle the partition's pending entries (earlier owners'), oldest first."""
         assert self.leases is not None
-        reply: Any = yield from self.leases.fenced(part, "claim", part.cursor, self.count)
+        # Retrying a failed entry claims it alone: the entries behind it, not handled yet,
+        # are not delivered again (their delivery counts stay for their own failures).
+        count = 1 if part.retrying else self.count
+        reply: Any = yield from self.leases.fenced(part, "claim", part.cursor, count)
         nxt, raw, counts, deleted = reply
         if deleted:
             log.info("%d pending entries of %s were trimmed away", deleted, part.stream)
@@ -330,7 +334,7 @@ class _Group:
         if batch and not (yield from self._handle(batch, part)):
             part.cursor = "0-0"  # cut short: start again at the oldest pending entry
             return len(batch)
-        part.cursor = str(nxt)
+        part.cursor, part.retrying = str(nxt), False
         part.drained = part.cursor == "0-0"
         return len(batch)
 
@@ -404,6 +408,7 @@ class _Group:
                 complete = False
                 if failed and part is not None:
                     part.not_before = time.monotonic() + self.claim_idle_ms / 1000
+                    part.retrying = True
             pending = later if complete else []
         if acks:
             yield from self._ack(batch[0].stream, acks, handled_ids, part)

@@ -39,6 +39,7 @@ class Part:
     idle: bool = False  # the last read found nothing new
     last_id: str = "0-0"  # newest entry seen, for the blocking wait
     not_before: float = 0.0  # after a handler failure: retry from here
+    retrying: bool = False  # claim only the failed entry until it is handled or dead
 
 
 def fair_share(members: list[str], me: str, streams: list[str]) -> tuple[int, list[str]]:

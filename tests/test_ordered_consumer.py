@@ -85,6 +85,29 @@ def test_a_consumer_that_outlives_its_lease_is_fenced(redis_url: str, rds: redis
     assert rds.xpending(ROUTE, "g")["pending"] == 0
 
 
+def test_a_failing_entry_holds_its_partition_until_dead_lettered(
+    redis_url: str, rds: redis.Redis
+) -> None:
+    rds.set(keys.partitions(ROUTE), 1)
+    for i in range(10):
+        rds.xadd(ROUTE, {"event_id": f"ev-{i}", "aggregate_id": "a", "payload": "{}"})
+    attempts: list[str] = []
+
+    def handler(e: Entry) -> None:
+        attempts.append(e.event_id)
+        if e.event_id == "ev-3":
+            raise ValueError("cannot handle ev-3")
+
+    c = _consumer(redis_url, "c", handler, claim_idle_ms=100, max_deliveries=2)
+    stats = c.run(limit=10, timeout=10)
+    c.close()
+    assert attempts == [f"ev-{i}" for i in (0, 1, 2, 3, 3, 4, 5, 6, 7, 8, 9)]
+    assert (stats.failed, stats.dead_lettered, stats.acked) == (2, 1, 10)
+    dead = rds.xrange(keys.DLQ)
+    assert [f["event_id"] for _, f in dead] == ["ev-3"] and "cannot handle" in dead[0][1]["error"]
+    assert rds.xpending(ROUTE, "g")["pending"] == 0
+
+
 def test_relay_partitions_feed_ordered_consumers_and_status_names_owners(
     settings: Settings, pg_dsn: str, rds: redis.Redis
 ) -> None:
