@@ -50,6 +50,14 @@ def _fields(i: int, agg: str) -> dict[Any, Any]:
     }
 
 
+def redis_cpu(url: str) -> float:
+    """Return the CPU seconds redis-server has used (INFO cpu, user + sys)."""
+    r = redis.Redis.from_url(url)
+    info: Any = r.info("cpu")
+    r.close()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def consume(url: str, group: str, n: int, count: int, dedup: bool, name: str = "c1") -> tuple[
     float, float, int
 ]:
@@ -130,13 +138,14 @@ def _ordered_worker(args: tuple[str, str, str, float]) -> tuple[float, int]:
 
 
 def consume_ordered(url: str, group: str, n: int, procs: int, sleep_s: float) -> tuple[
-    float, float
+    float, float, float
 ]:
     """Time `procs` ordered consumers through every entry of the 8 partitions.
 
     They join an empty group (created at the end of each partition) and settle on a fair
     share; then the group is rewound to the first entry and the clock runs until nothing
-    is pending or unread. Return (seconds, consumer CPU µs per entry, settling included).
+    is pending or unread. Return (seconds, consumer CPU µs per entry, settling included,
+    Redis CPU µs per entry over the timed part).
     """
     r = redis.Redis.from_url(url, decode_responses=True)
     parts = [partition_stream(STREAM, p) for p in range(PARTITIONS)]
@@ -151,18 +160,18 @@ def consume_ordered(url: str, group: str, n: int, procs: int, sleep_s: float) ->
             if counts == share:
                 break
             time.sleep(0.05)
-        t0 = time.perf_counter()
+        t0, rcpu = time.perf_counter(), redis_cpu(url)
         for s in parts:
             r.xgroup_setid(s, group, "0")
         while any(g["name"] == group and (g["lag"] or g["pending"])
                   for s in parts for g in r.xinfo_groups(s)):
-            time.sleep(0.002)
-        took = time.perf_counter() - t0
+            time.sleep(0.01)
+        took, rcpu = time.perf_counter() - t0, redis_cpu(url) - rcpu
         r.set(f"bench:stop:{group}", 1)
         got = res.get(timeout=30)
     r.close()
     assert sum(a for _, a in got) == n, got
-    return took, sum(c for c, _ in got) / n * 1e6
+    return took, sum(c for c, _ in got) / n * 1e6, rcpu / n * 1e6
 
 
 def main() -> None:
@@ -172,47 +181,51 @@ def main() -> None:
     ap.add_argument("--io-entries", type=int, default=20_000)
     args = ap.parse_args()
     n, n_io = args.entries, args.io_entries
-    rows = []
+    rows: list[tuple[str, float, float, float]] = []
     with LocalRedis() as server:
         fill(server.url, n)
         for i, (count, dedup) in enumerate([(10, False), (100, False), (500, False),
                                             (100, True)]):
+            r0 = redis_cpu(server.url)
             took, cpu, acked = consume(server.url, f"g{i}", n, count, dedup)
             assert acked == n, (acked, n)
             rows.append((f"1 process, COUNT {count}" + (", dedup on" if dedup else ""),
-                         n / took, cpu / n * 1e6))
+                         n / took, cpu / n * 1e6, (redis_cpu(server.url) - r0) / n * 1e6))
         procs = 2
         ctx = multiprocessing.get_context("spawn")
+        r0 = redis_cpu(server.url)
         with ctx.Pool(procs) as pool:
             got = pool.map(_worker, [(server.url, "gp", n, 100, f"p{k}") for k in range(procs)])
             took = max(t for t, _, _ in got)  # until the last entry was acked
         # each process stops once the group is drained; together they acked every entry
         assert sum(a for _, _, a in got) == n, got
         rows.append((f"{procs} processes, COUNT 100 (aggregate)", n / took,
-                     sum(c for _, c, _ in got) / n * 1e6))
+                     sum(c for _, c, _ in got) / n * 1e6,
+                     (redis_cpu(server.url) - r0) / n * 1e6))
     with LocalRedis() as server:
         fill_partitions(server.url, n)
         for procs in (1, 4):
-            took, us = consume_ordered(server.url, f"o{procs}", n, procs, 0.0)
-            rows.append((f"ordered, 8 partitions, {procs} process(es), COUNT 100", n / took, us))
+            took, us, rus = consume_ordered(server.url, f"o{procs}", n, procs, 0.0)
+            rows.append((f"ordered, 8 partitions, {procs} process(es), COUNT 100", n / took, us,
+                         rus))
     with LocalRedis() as server:
         fill(server.url, n_io)
+        r0 = redis_cpu(server.url)
         took, cpu, acked = consume_io(server.url, "io", n_io)
         assert acked == n_io
         rows.append((f"1 process, 1 stream, 0.2 ms handler ({n_io} entries)", n_io / took,
-                     cpu / n_io * 1e6))
+                     cpu / n_io * 1e6, (redis_cpu(server.url) - r0) / n_io * 1e6))
     with LocalRedis() as server:
         fill_partitions(server.url, n_io)
         for procs in (1, 4):
-            took, us = consume_ordered(server.url, f"io{procs}", n_io, procs, 0.0002)
+            took, us, rus = consume_ordered(server.url, f"io{procs}", n_io, procs, 0.0002)
             rows.append((f"ordered, 8 partitions, {procs} process(es), 0.2 ms handler"
-                         f" ({n_io} entries)", n_io / took, us))
+                         f" ({n_io} entries)", n_io / took, us, rus))
     print(f"{n} entries, no-op handler, XACK per batch (one MULTI)\n")
-    print("| scenario | entries/s handled+acked | consumer CPU µs/entry |")
-    print("|---|---:|---:|")
-    for name, rate, us in rows:
-        print(f"| {name} | {rate:,.0f} | {us:.1f} |")
-
+    print("| scenario | entries/s handled+acked | consumer CPU µs/entry | Redis CPU µs/entry |")
+    print("|---|---:|---:|---:|")
+    for name, rate, us, rus in rows:
+        print(f"| {name} | {rate:,.0f} | {us:.1f} | {rus:.1f} |")
 
 if __name__ == "__main__":
     main()
