@@ -6,8 +6,9 @@
   event types in stream order — and the directly-follows counts between event types.
 
 `run_example(group, stream, redis_url=..., stop=...)` runs one of them as a real consumer
-(cdc.consumer.Consumer, dedup on) until `stop` is set; `on_entry(entry, summary)` is called
-after each entry is handled, with a one-line summary of what the example made of it.
+(cdc.consumer.Consumer, dedup on; `ordered=True` on a partitioned route) until `stop` is
+set; `on_entry(entry, summary)` is called after each entry is handled, with a one-line
+summary of what the example made of it.
 """
 
 from __future__ import annotations
@@ -100,8 +101,13 @@ def run_example(
     limit: int | None = None,
     timeout: float | None = None,
     analyzer: Analyzer | None = None,
+    ordered: bool = False,
 ) -> ConsumerStats:
-    """Run the example consumer of `group` on `stream` until `stop`, `limit` or `timeout`."""
+    """Run the example consumer of `group` on `stream` until `stop`, `limit` or `timeout`.
+
+    `ordered=True` for a partitioned route: run as many as you like, each owns a share of
+    the partitions and sees each aggregate's events in commit order (Synapse's traces).
+    """
     if analyzer is None:
         if group not in EXAMPLES:
             raise ValueError(f"no example consumer for group {group}; known: {sorted(EXAMPLES)}")
@@ -115,7 +121,7 @@ def run_example(
     c = Consumer(
         redis_url=redis_url, group=group, streams=[stream], handler=handle,
         consumer=consumer or f"{group}-example", dedup=True, block_ms=200,
-        claim_idle_ms=5_000, stop=stop,
+        claim_idle_ms=5_000, ordered=ordered, stop=stop,
     )
     try:
         return c.run(limit=limit, timeout=timeout)

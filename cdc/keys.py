@@ -131,3 +131,26 @@ PARTITIONS_PREFIX = "axiom:cdc:partitions:"
 def partitions(stream: str) -> str:
     """Return the key recording how many partitions `stream` is published with."""
     return PARTITIONS_PREFIX + same_slot(stream)
+
+
+# Ordered consumers (cdc/leases.py). A group's live members, and per partition stream and
+# group a lease ("<consumer> <epoch>", PX) and its fence (the epoch counter, never expires);
+# lease and fence take the stream's name as hash tag, so they share the stream's slot.
+CONSUMER_MEMBERS_PREFIX = "axiom:consumer:members:"
+LEASE_PREFIX = "axiom:consumer:lease:"
+FENCE_PREFIX = "axiom:consumer:fence:"
+
+
+def consumer_members(group: str) -> str:
+    """Return the key of an ordered group's live members (ZSET consumer -> expiry ms)."""
+    return CONSUMER_MEMBERS_PREFIX + group
+
+
+def lease(stream: str, group: str) -> str:
+    """Return the key of `group`'s lease on partition `stream` (same slot as the stream)."""
+    return f"{LEASE_PREFIX}{same_slot(stream)}:{group}"
+
+
+def fence(stream: str, group: str) -> str:
+    """Return the key of the epoch counter behind `group`'s lease on `stream`."""
+    return f"{FENCE_PREFIX}{same_slot(stream)}:{group}"

@@ -30,6 +30,7 @@ class Group:
     consumers: int
     pending: int
     lag: int | None  # None when Redis cannot tell (entries deleted past the group)
+    owner: str | None = None  # ordered consumers: who holds this partition's lease
 
 
 @dataclass(slots=True)
@@ -195,10 +196,20 @@ def _redis(settings: Settings, snap: Snapshot) -> None:
             groups: Any = client.xinfo_groups(name)
             snap.streams.append(Stream(name, int(info["length"]), age, [
                 Group(str(g["name"]), int(g["consumers"]), int(g["pending"]),
-                      None if g.get("lag") is None else int(g["lag"]))
+                      None if g.get("lag") is None else int(g["lag"]),
+                      partition_owner(client, name, str(g["name"])))
                 for g in groups
             ]))
         snap.dlq_length = int(client.xlen(keys.DLQ))
+
+
+def partition_owner(client: redis.Redis, stream: str, group: str) -> str | None:
+    """Return the ordered consumer leasing `stream` for `group` ("name, epoch N"), if any."""
+    token = client.get(keys.lease(stream, group))
+    if token is None:
+        return None
+    name, _, epoch = str(token).rpartition(" ")
+    return f"{name}, epoch {epoch}"
 
 
 def render(snap: Snapshot) -> str:
@@ -229,6 +240,7 @@ def render(snap: Snapshot) -> str:
             lag = "?" if g.lag is None else str(g.lag)
             lines.append(
                 f"    {g.name:26} pending {g.pending:<8} lag {lag:<8} consumers {g.consumers}"
+                + (f"  owner {g.owner}" if g.owner else "")
             )
     lines.append(
         f"dlq      {keys.DLQ} length {snap.dlq_length}, "

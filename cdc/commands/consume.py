@@ -34,6 +34,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--max-deliveries", type=int, default=5,
                    help="move an entry delivered more often than this to the DLQ")
     p.add_argument("--dedup", action="store_true", help="skip event ids the group already handled")
+    p.add_argument("--ordered", action="store_true",
+                   help="--stream names a partitioned route: own a fair share of its partitions"
+                   " through leases, each aggregate's events in commit order")
+    p.add_argument("--lease-ms", type=int, default=10_000,
+                   help="with --ordered: a partition's lease, renewed every third of it")
     p.add_argument("--json", action="store_true", help="one JSON object per entry")
     p.add_argument("--quiet", action="store_true", help="print nothing per entry")
     p.add_argument("--metrics-port", type=int, default=0, help="serve core_consumer_* metrics")
@@ -59,7 +64,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         redis_url=settings.redis_url.get_secret_value(), group=args.group, streams=args.stream,
         handler=show, consumer=args.consumer, count=args.batch,
         claim_idle_ms=args.claim_idle_ms, max_deliveries=args.max_deliveries,
-        dedup=args.dedup, start_id="0" if args.from_start else "$", stop=stop,
+        dedup=args.dedup, start_id="0" if args.from_start else "$", ordered=args.ordered,
+        lease_ms=args.lease_ms, stop=stop,
     )
     if args.metrics_port:
         start_http_server(args.metrics_port, registry=consumer_registry([consumer]))
@@ -70,7 +76,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     print(
         f"consumed: handled={stats.handled} acked={stats.acked} failed={stats.failed}"
         f" claimed={stats.claimed} dead_lettered={stats.dead_lettered}"
-        f" duplicates={stats.duplicates}",
+        f" duplicates={stats.duplicates}"
+        + (f" leases_acquired={stats.leases_acquired} leases_lost={stats.leases_lost}"
+           f" fenced={stats.fenced}" if args.ordered else ""),
         file=sys.stderr,
     )
     if args.count is not None and stats.acked < args.count and not stop.is_set():
