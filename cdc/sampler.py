@@ -71,7 +71,7 @@ class Sampler(threading.Thread):
     def sample_redis(self) -> None:
         """Read DLQ depth, stream lengths, consumer-group lag and pending from Redis."""
         with contextlib.closing(
-            redisconn.open_client(self._s.redis_url.get_secret_value(), timeout=2, decode=False)
+            redisconn.client(self._s.redis_url.get_secret_value(), timeout=2, decode=False)
         ) as r:
             self._m.dlq_depth.set(int(r.xlen(keys.DLQ)))
             for stream in self._streams:
