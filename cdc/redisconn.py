@@ -199,6 +199,8 @@ def async_client(url: str, *, timeout: float, decode: bool = True) -> redis.asyn
 
 def is_cluster(url: str, *, timeout: float = 5.0) -> bool:
     """Tell whether `url` points at a node of a Redis Cluster (INFO cluster)."""
+    if is_sentinel(url):  # Sentinel watches primaries of non-cluster Redis only
+        return False
     c = client(url, timeout=timeout)
     try:
         return bool(c.info("cluster").get("cluster_enabled"))
@@ -210,7 +212,7 @@ def is_cluster(url: str, *, timeout: float = 5.0) -> bool:
 
 def open_client(url: str, *, timeout: float = 5.0, decode: bool = True) -> Client:
     """Return the client `url` needs: a RedisCluster on a cluster, else a Redis (connected)."""
-    if is_sentinel(url) or not is_cluster(url, timeout=timeout):
+    if not is_cluster(url, timeout=timeout):
         return client(url, timeout=timeout, decode=decode)
     try:
         return RedisCluster.from_url(
