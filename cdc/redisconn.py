@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
@@ -56,8 +56,8 @@ class SentinelUrl:
     service: str
     db: int
     username: str | None
-    password: str | None
-    sentinel_password: str | None
+    password: str | None = field(repr=False)
+    sentinel_password: str | None = field(repr=False)
 
 
 def is_sentinel(url: str) -> bool:
@@ -92,6 +92,30 @@ def parse_sentinel(url: str) -> SentinelUrl:
         )
     except ValueError:
         raise bad from None
+
+
+class _SentinelPrimary(redis.Redis):
+    """The Sentinel's primary; closing it closes the connections to the Sentinels too."""
+
+    watchers: Sentinel | None = None
+
+    def close(self) -> None:
+        """Close the primary's pool, then each Sentinel client."""
+        super().close()
+        for c in self.watchers.sentinels if self.watchers else ():
+            c.close()
+
+
+class _AsyncSentinelPrimary(redis.asyncio.Redis):
+    """The asyncio Sentinel's primary; closing it closes the Sentinel clients too."""
+
+    watchers: redis.asyncio.sentinel.Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        """Close the primary, then each Sentinel client."""
+        await super().aclose(close_connection_pool)
+        for c in self.watchers.sentinels if self.watchers else ():
+            await c.aclose()
 
 
 def _sentinel(url: str, timeout: float) -> tuple[Sentinel, SentinelUrl]:
@@ -150,7 +174,9 @@ def redis_errors(what: str) -> Iterator[None]:
 def bad_url() -> ConfigError:
     """Return the error for a URL redis-py cannot parse (its message would echo the URL)."""
     return ConfigError(
-        "CDC_REDIS_URL is not a valid Redis URL", hint="use redis://[:password@]host:port/db"
+        "CDC_REDIS_URL is not a valid Redis URL",
+        hint="use redis://[:password@]host:port/db or"
+        " redis+sentinel://[:password@]host:port[,host:port]/service_name[/db]",
     )
 
 
@@ -158,10 +184,12 @@ def client(url: str, *, timeout: float, decode: bool = True) -> redis.Redis:
     """Return a client (not yet connected) of one Redis or the Sentinel's primary."""
     if is_sentinel(url):
         sentinel, s = _sentinel(url, timeout)
-        primary: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-            s.service, socket_timeout=timeout, socket_connect_timeout=min(timeout, 5.0),
-            db=s.db, username=s.username, password=s.password, decode_responses=decode,
+        primary: _SentinelPrimary = sentinel.master_for(  # type: ignore[no-untyped-call]
+            s.service, redis_class=_SentinelPrimary, socket_timeout=timeout,
+            socket_connect_timeout=min(timeout, 5.0), db=s.db, username=s.username,
+            password=s.password, decode_responses=decode,
         )
+        primary.watchers = sentinel
         return primary
     try:
         return redis.Redis.from_url(
@@ -183,10 +211,12 @@ def async_client(url: str, *, timeout: float, decode: bool = True) -> redis.asyn
         sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
             s.sentinels, sentinel_kwargs=kwargs
         )
-        aprimary: redis.asyncio.Redis = sentinel.master_for(
-            s.service, socket_timeout=timeout, socket_connect_timeout=min(timeout, 5.0),
-            db=s.db, username=s.username, password=s.password, decode_responses=decode,
+        aprimary: _AsyncSentinelPrimary = sentinel.master_for(
+            s.service, redis_class=_AsyncSentinelPrimary, socket_timeout=timeout,
+            socket_connect_timeout=min(timeout, 5.0), db=s.db, username=s.username,
+            password=s.password, decode_responses=decode,
         )
+        aprimary.watchers = sentinel
         return aprimary
     try:
         return redis.asyncio.Redis.from_url(

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+import redis
 
 from cdc import luascripts
 from cdc.contracts import key_text
@@ -81,11 +82,14 @@ class Republisher:
         added: Any = []
         if todo:
             entries = [[r.event_id, *r.values(replay)] for r in todo]
+            args = (stream, self._set_key(stream), self._maxlen, luascripts.pack(REPLAY_FIELDS),
+                    luascripts.pack(entries), self._ttl)
             with redis_errors("EVALSHA replay"):
-                added = self._client.evalsha(
-                    self._sha, 2, stream, self._set_key(stream), self._maxlen,
-                    luascripts.pack(REPLAY_FIELDS), luascripts.pack(entries), self._ttl,
-                )
+                try:
+                    added = self._client.evalsha(self._sha, 2, *args)
+                except redis.exceptions.NoScriptError:  # a promoted replica has no scripts
+                    self._client.script_load(REPLAY_LUA)
+                    added = self._client.evalsha(self._sha, 2, *args)
         copies = [r.dlq_entry for r in rows if r.dlq_entry]
         if self._dlq is not None and copies:  # on the stream now (or before): drop the copy
             with redis_errors("XDEL"):

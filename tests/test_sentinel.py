@@ -5,9 +5,11 @@ Real processes: a primary, two replicas and three Sentinels (`redis-server --sen
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
+import orjson
 import pytest
 from pydantic import SecretStr
 
@@ -18,6 +20,14 @@ from cdc.settings import Settings
 from tests.chaosutil import Producer, check_invariants
 from tests.opsutil import Cli
 from tests.relayutil import STREAMS, cdc, relay, wait_for
+
+
+async def _async_len(url: str) -> int:
+    r = redisconn.async_client(url, timeout=5)
+    try:
+        return int(await r.xlen("axiom:core:events"))
+    finally:
+        await r.aclose()
 
 
 def test_sentinel_url_parses_and_redacts() -> None:
@@ -72,6 +82,16 @@ def test_relay_and_tools_follow_a_sentinel_failover(
         lengths = {x["name"]: x["length"] for x in status.json()["streams"]}
         assert sum(lengths.values()) == 12_000
         assert not [p for p in status.json()["problems"] if p.startswith("Redis")]
+        doctor = {f["check"]: f for f in cli("doctor", "--json").json()}
+        assert doctor["redis"]["level"] == doctor["redis_aof"]["level"] == "ok"
+        assert sen.url in doctor["redis"]["message"]
+        trimmed = cli("trim", "--cap", "0", "--json")
+        assert trimmed.code == 0, trimmed.err
+        passes = [orjson.loads(line) for line in trimmed.out.splitlines()]
+        assert {p["stream"]: (p["removed"], p["length"]) for p in passes} == {
+            n: (0, length) for n, length in lengths.items()  # nothing read yet: nothing cut
+        }
+        assert asyncio.run(_async_len(sen.url)) == lengths["axiom:core:events"]
         client.close()
         print(f"sentinel failover: {produced_at_kill} of 12000 events produced at the kill,"
               f" promoted after {promoted:.1f} s; {f}")
