@@ -5,6 +5,7 @@ relay's core cases. Also: replay sets of the format before are still honoured.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +18,9 @@ from redis.cluster import RedisCluster
 
 from cdc import keys, redisconn
 from cdc.localservers import LocalRedisCluster
+from cdc.metrics import Metrics
 from cdc.queryjobs import QueryJob, QueryJobStore
+from cdc.sampler import Sampler
 from cdc.settings import Settings
 from cdc.trim import Trimmer
 from tests.chaosutil import assert_published_rows_have_entries
@@ -222,6 +225,20 @@ def test_trim_and_query_jobs_on_a_cluster(cluster: LocalRedisCluster, rc: RedisC
         ttl = store.ttl_s("j1")
         assert ttl is not None and 0 < ttl <= 60
         assert store.expire("j1") and store.get("j1") is None
+
+
+def test_sampler_reads_every_stream_on_its_master(cs: Settings, rc: RedisCluster) -> None:
+    for n, st in enumerate(STREAMS, start=1):
+        for i in range(n * 10):
+            rc.xadd(st, {"i": str(i)})
+        rc.xgroup_create(st, "g", id="0")
+    rc.xadd(keys.DLQ, {"event_id": "x"})
+    metrics = Metrics()
+    Sampler(cs, metrics, threading.Event()).sample()
+    get = metrics.registry.get_sample_value
+    assert get("core_relay_sampler_errors_total", {"source": "redis"}) is None
+    assert [get("core_stream_length", {"stream": st}) for st in STREAMS] == [10, 20, 30]
+    assert get("core_dlq_depth") == 1
 
 
 def test_replay_sets_of_the_format_before_are_honoured(
