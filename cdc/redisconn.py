@@ -240,9 +240,16 @@ def is_cluster(url: str, *, timeout: float = 5.0) -> bool:
         c.close()
 
 
-def open_client(url: str, *, timeout: float = 5.0, decode: bool = True) -> Client:
-    """Return the client `url` needs: a RedisCluster on a cluster, else a Redis (connected)."""
-    if not is_cluster(url, timeout=timeout):
+def open_client(
+    url: str, *, timeout: float = 5.0, decode: bool = True, cluster: bool | None = None
+) -> Client:
+    """Return the client `url` needs: a RedisCluster on a cluster, else a Redis.
+
+    `cluster` says which when the caller knows already (else INFO cluster is asked).
+    """
+    if cluster is None:
+        cluster = is_cluster(url, timeout=timeout)
+    if not cluster:
         return client(url, timeout=timeout, decode=decode)
     try:
         return RedisCluster.from_url(

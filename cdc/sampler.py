@@ -43,6 +43,7 @@ class Sampler(threading.Thread):
         self._interval = interval
         self._streams = Router(settings.routes).streams()
         self._failing: set[str] = set()
+        self._cluster: bool | None = None
 
     def run(self) -> None:
         """Sample at once, then every interval until stopped."""
@@ -72,8 +73,11 @@ class Sampler(threading.Thread):
 
     def sample_redis(self) -> None:
         """Read DLQ depth, stream lengths, consumer-group lag and pending from Redis."""
+        url = self._s.redis_url.get_secret_value()
+        if self._cluster is None:  # asked once: a Redis does not turn into a cluster
+            self._cluster = redisconn.is_cluster(url, timeout=2)
         with contextlib.closing(
-            redisconn.open_client(self._s.redis_url.get_secret_value(), timeout=2, decode=False)
+            redisconn.open_client(url, timeout=2, decode=False, cluster=self._cluster)
         ) as r:
             self._m.dlq_depth.set(int(r.xlen(keys.DLQ)))
             for stream in self._streams:
