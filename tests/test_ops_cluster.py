@@ -152,6 +152,11 @@ def test_relay_and_every_tool_on_a_cluster(
     assert snap["dlq_length"] == 0
     assert not [p for p in snap["problems"] if p.startswith("Redis")], snap["problems"]
 
+    # cdc dlq purge: the row, and its id from the stream's set on that stream's master.
+    purged = ccli("dlq", "purge", "--yes", "--replayed")
+    assert purged.code == 0 and "purged 1 dead letter(s)" in purged.out, purged.out + purged.err
+    assert not rc.sismember(keys.dlq_replayed(STREAMS[0]), bad_id)
+
 
 def test_doctor_checks_every_master(ccli: Cli, rc: RedisCluster) -> None:
     masters = [n.name for n in rc.get_primaries()]

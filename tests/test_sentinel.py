@@ -74,7 +74,7 @@ def test_relay_and_tools_follow_a_sentinel_failover(
         assert f.events == 12_000 and f.lost == 0 and f.duplicated == 0
         assert produced_at_kill < 9_000, "the kill came after the producer was nearly done"
         text = log.read_text()
-        assert "Broken pipe" in text or "Connection refused" in text or "Connection reset" in text
+        assert "Redis" in text and "retrying with backoff" in text  # it saw the primary go
         assert text.count("streaming slot") >= 2  # a new session, on the promoted replica
         assert "Redis lost its state" not in text  # the promoted replica has the token
         # The tools find the new primary through the same URL.
