@@ -51,6 +51,8 @@ USES: dict[str, tuple[str, ...]] = {
     "stats": _DB,
     "case-stats": _DB,
     "weaver": (*_DB, "weaver_secret_key"),
+    "ontology": (*_DB, *_REDIS),
+    "vision": _DB,
 }
 
 
