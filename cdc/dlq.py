@@ -1,10 +1,12 @@
 """Dead letters: list, show, replay onto their original streams, purge.
 
 A replay checks the event again (size, route, contract) with the relay's rules, then
-republishes it through lua/replay.lua under `keys.DLQ_REPLAYED`, so replaying the same
-dead letter twice, or after a crash half-way, puts it on its stream once. The row is
-marked (`replayed_at`, `replay_count`), the outbox row becomes PUBLISHED, and its entry
-leaves `axiom:dlq:events` in the same Redis step that republishes it.
+republishes it through lua/replay.lua under its stream's set (`keys.dlq_replayed`, in the
+stream's hash slot; the one set `keys.DLQ_REPLAYED` of before is read too), so replaying
+the same dead letter twice, or after a crash half-way, puts it on its stream once. Its
+entry then leaves `axiom:dlq:events` (XDEL, idempotent: a crash before it leaves the copy
+for the next replay or purge), the row is marked (`replayed_at`, `replay_count`) and the
+outbox row becomes PUBLISHED.
 """
 
 from __future__ import annotations
@@ -15,13 +17,12 @@ from datetime import datetime
 from typing import Any
 
 import orjson
-import redis
 from psycopg import sql
 
 from cdc import db, keys
 from cdc.contracts import Registry
 from cdc.errors import EventError
-from cdc.redisconn import redis_errors
+from cdc.redisconn import Client, redis_errors
 from cdc.republish import Republisher, Row
 from cdc.route import Router
 from cdc.settings import Settings
@@ -143,7 +144,7 @@ def counts(conn: db.Conn, settings: Settings) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def dlq_entries(client: redis.Redis) -> dict[str, str]:
+def dlq_entries(client: Client) -> dict[str, str]:
     """Return event id -> entry id for every entry of the DLQ stream."""
     found: dict[str, str] = {}
     last = "-"
@@ -168,7 +169,7 @@ def _check(dead: DeadLetter, registry: Registry, max_bytes: int) -> None:
 
 
 def replay(
-    conn: db.Conn, client: redis.Redis, settings: Settings, idents: list[str] | None,
+    conn: db.Conn, client: Client, settings: Settings, idents: list[str] | None,
     *, validate: bool = True,
 ) -> ReplayReport:
     """Republish the given dead letters (None: every one not yet replayed); mark them."""
@@ -203,7 +204,8 @@ def replay(
             continue
         by_stream.setdefault(stream, []).append(dead.row(entries.get(dead.event_id, "")))
     pub = Republisher(
-        client, set_key=keys.DLQ_REPLAYED, maxlen=settings.stream_maxlen, dlq_stream=keys.DLQ
+        client, set_key=keys.dlq_replayed, maxlen=settings.stream_maxlen, dlq_stream=keys.DLQ,
+        legacy=keys.DLQ_REPLAYED,
     )
     for stream, rows in by_stream.items():
         added = set(pub.publish(stream, rows, DLQ_TAG))
@@ -237,7 +239,7 @@ def _mark(
 
 
 def purge(
-    conn: db.Conn, client: redis.Redis, settings: Settings, *, replayed_only: bool = False
+    conn: db.Conn, client: Client, settings: Settings, *, replayed_only: bool = False
 ) -> tuple[int, int]:
     """Delete dead letters (all, or only replayed ones) and their DLQ entries.
 
@@ -245,14 +247,12 @@ def purge(
     """
     where = sql.SQL(" WHERE replayed_at IS NOT NULL" if replayed_only else "")
     with conn.transaction():
-        ids = [
-            str(r[0])
-            for r in conn.execute(
-                sql.SQL("DELETE FROM {}{} RETURNING event_id::text").format(
-                    _table(settings), where
-                )
+        deleted = conn.execute(
+            sql.SQL("DELETE FROM {}{} RETURNING event_id::text, stream").format(
+                _table(settings), where
             )
-        ]
+        ).fetchall()
+        ids = [str(r[0]) for r in deleted]
         entries = dlq_entries(client)
         doomed = list(entries.values()) if not replayed_only else [
             entries[i] for i in ids if i in entries
@@ -261,6 +261,11 @@ def purge(
             removed = 0
             for i in range(0, len(doomed), 1000):
                 removed += int(client.xdel(keys.DLQ, *doomed[i : i + 1000]))
-            for i in range(0, len(ids), 1000):
-                client.srem(keys.DLQ_REPLAYED, *ids[i : i + 1000])
+            by_set: dict[str, list[str]] = {keys.DLQ_REPLAYED: ids}
+            for event_id, stream in deleted:
+                if stream:
+                    by_set.setdefault(keys.dlq_replayed(stream), []).append(str(event_id))
+            for set_key, members in by_set.items():
+                for i in range(0, len(members), 1000):
+                    client.srem(set_key, *members[i : i + 1000])
     return len(ids), removed

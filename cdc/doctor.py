@@ -3,7 +3,8 @@
 PostgreSQL: wal_level, the output plugin (installed and allowed), free replication slots
 and WAL senders, WAL retention for slots, the role's REPLICATION attribute and grants,
 migrations, the slot itself. Redis: reachable, AOF persistence, an eviction policy that
-cannot evict stream keys, consumer groups.
+cannot evict stream keys, consumer groups; on a Redis Cluster also cluster_state, replicas
+per master, min-replicas-to-write, and AOF and eviction on every master.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any
 
 import psycopg
 import redis
+from redis.cluster import RedisCluster
 
 from cdc import db, migrate, privileges, redisconn, redisstate, serverconf
 from cdc.errors import CdcError
@@ -299,19 +301,81 @@ def check_redis(settings: Settings) -> list[Finding]:
         client = redisconn.connect(url)
     except CdcError as e:
         return [Finding("redis", FAIL, str(e), e.hint)]
+    out: list[Finding] = []
     with client:
         try:
             version = str(client.info("server").get("redis_version", "?"))
-            out = [Finding("redis", OK, f"connected to {redisconn.redact_url(url)} ({version})")]
+            where = redisconn.redact_url(url)
+            out.append(Finding("redis", OK, f"connected to {where} ({version})"))
             if int(version.split(".")[0]) < 7:
                 out.append(Finding(
                     "redis_version", WARN, f"Redis {version}: consumer-group lag needs 7.0",
                     "upgrade Redis to 7 or later",
                 ))
-            out += _redis_config(client)
+            if isinstance(client, RedisCluster):
+                out += _cluster(client, settings)
+            else:
+                out += _redis_config(client)
             out.append(_groups(client, settings))
         except redis.RedisError as e:
-            out = [Finding("redis", FAIL, f"Redis check failed: {e}", "check CDC_REDIS_URL")]
+            out.append(Finding("redis", FAIL, f"Redis check failed: {e}", "check CDC_REDIS_URL"))
+    return out
+
+
+def _cluster(rc: RedisCluster, settings: Settings) -> list[Finding]:
+    """Check the cluster's state and, on every master, replicas, min-replicas-to-write, AOF."""
+    out: list[Finding] = []
+    state, lonely, unguarded = "", [], []
+    for node in rc.get_primaries():  # type: ignore[no-untyped-call]
+        r = node.redis_connection
+        assert r is not None
+        try:
+            if not state:
+                raw: Any = r.execute_command("CLUSTER", "INFO")
+                lines = raw.items() if isinstance(raw, dict) else (
+                    line.split(":", 1) for line in str(raw).splitlines() if ":" in line)
+                state = next((str(v).strip() for k, v in lines if k == "cluster_state"), "?")
+            replicas = int(r.info("replication").get("connected_slaves", 0))
+            conf: Any = r.config_get("min-replicas-to-write")
+            config = _redis_config(r)
+        except (redis.RedisError, OSError) as e:
+            out.append(Finding(
+                f"redis@{node.name}", FAIL, f"master {node.name} does not answer: {e}",
+                "start it again, or promote its replica (CLUSTER FAILOVER FORCE on it)",
+            ))
+            continue
+        if replicas == 0:
+            lonely.append(node.name)
+        if int(conf.get("min-replicas-to-write", 0)) == 0:
+            unguarded.append(node.name)
+        out += [Finding(f"{f.check}@{node.name}", f.level, f"{node.name}: {f.message}", f.fix)
+                for f in config]
+    out.insert(0, Finding(
+        "cluster_state", OK if state == "ok" else FAIL, f"cluster_state is {state or '?'}",
+        "redis-cli --cluster check <any node>; bring the failed nodes back or"
+        " redis-cli --cluster fix <any node> (every slot needs a master)",
+    ))
+    out.append(Finding(
+        "cluster_replicas", FAIL if lonely else OK,
+        f"master(s) without a replica: {', '.join(lonely)}: when one fails its slots are"
+        " down and what it held is gone" if lonely else "every master has a replica",
+        "add a replica to each: redis-cli --cluster add-node <new host:port> <master"
+        " host:port> --cluster-slave",
+    ))
+    out.append(Finding(
+        "min_replicas_to_write", WARN if unguarded else OK,
+        f"min-replicas-to-write is 0 on {', '.join(unguarded)}: a master cut off from its"
+        " replicas keeps taking writes that a failover then discards" if unguarded
+        else "every master refuses writes without a replica (min-replicas-to-write)",
+        "on each master: CONFIG SET min-replicas-to-write 1; CONFIG SET"
+        " min-replicas-max-lag 10; CONFIG REWRITE",
+    ))
+    if settings.redis_min_replicas == 0:
+        out.append(Finding(
+            "redis_min_replicas", WARN, "CDC_REDIS_MIN_REPLICAS is 0: the relay confirms a"
+            " batch a master holds alone; a failover can lose it",
+            "set CDC_REDIS_MIN_REPLICAS=1 (docs/architecture.md, Past one Redis)",
+        ))
     return out
 
 
@@ -353,7 +417,7 @@ def _redis_config(client: redis.Redis) -> list[Finding]:
     return out
 
 
-def _groups(client: redis.Redis, settings: Settings) -> Finding:
+def _groups(client: redisconn.Client, settings: Settings) -> Finding:
     want = set(settings.group_names())
     missing = []
     for stream in Router(settings.routes).streams():

@@ -54,14 +54,28 @@ def consumer_seen(group: str) -> str:
     """Return the key of the event ids a consumer group has handled."""
     return CONSUMER_SEEN_PREFIX + group
 
-# Event ids the DLQ replay has put back on their streams (SADD-guarded XADD, lua/replay.lua).
+# Event ids the DLQ replay has put back on a stream (SADD-guarded XADD, lua/replay.lua): one
+# set per stream, in the stream's slot (DLQ_REPLAYED + same_slot(stream)). Before, one set
+# DLQ_REPLAYED held them all; it is only read now (an id in it was replayed) and purged.
 DLQ_REPLAYED = "axiom:cdc:dlq:replayed"
-# Event ids one `cdc replay` run has republished, so a rerun with the same id resumes.
+# Event ids one `cdc replay` run has republished, so a rerun with the same id resumes: one
+# set per run and stream, in the stream's slot; before, one set per run (REPLAY_RUN_PREFIX +
+# id), still read by a rerun.
 REPLAY_RUN_PREFIX = "axiom:cdc:replay:"
 
 
-def replay_run(replay_id: str) -> str:
-    """Return the key of the event ids one replay run has republished."""
+def dlq_replayed(stream: str) -> str:
+    """Return the set of event ids the DLQ replay put back on `stream` (its slot)."""
+    return f"{DLQ_REPLAYED}:{same_slot(stream)}"
+
+
+def replay_run(replay_id: str, stream: str) -> str:
+    """Return the set of event ids replay run `replay_id` put back on `stream` (its slot)."""
+    return f"{REPLAY_RUN_PREFIX}{replay_id}:{same_slot(stream)}"
+
+
+def replay_run_v1(replay_id: str) -> str:
+    """Return the one set of a replay run written before the sets were per stream."""
     return REPLAY_RUN_PREFIX + replay_id
 # A token the relay writes once into each Redis it publishes to, and records in PostgreSQL
 # (public.cdc_redis_state): a Redis without it, or with another one, lost what it held.

@@ -290,3 +290,99 @@ class LocalRedisCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.destroy()
+
+
+class LocalRedisSentinel:
+    """A primary with `replicas` replicas and `sentinels` Sentinels watching it, on loopback."""
+
+    SERVICE = "cdc"
+
+    def __init__(self, *, replicas: int = 2, sentinels: int = 3, down_after_ms: int = 1000) -> None:
+        self.primary = LocalRedis(appendonly=True)
+        self.replicas = [
+            LocalRedis(appendonly=True, args=("--replicaof", "127.0.0.1", str(self.primary.port)))
+            for _ in range(replicas)
+        ]
+        self.sentinel_ports = [free_port() for _ in range(sentinels)]
+        self.down_after_ms = down_after_ms
+        self.root = Path(tempfile.mkdtemp(prefix="cdc-sentinel-"))
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        """Return the redis+sentinel:// URL of the service."""
+        hosts = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        return f"redis+sentinel://{hosts}/{self.SERVICE}"
+
+    @property
+    def servers(self) -> list[LocalRedis]:
+        """Return the primary and the replicas as started (roles change on failover)."""
+        return [self.primary, *self.replicas]
+
+    def master_port(self) -> int:
+        """Return the port the first Sentinel that answers names as the primary."""
+        for port in self.sentinel_ports:
+            with contextlib.suppress(redis.RedisError), redis.Redis(
+                port=port, socket_timeout=1, decode_responses=True
+            ) as s:
+                addr = s.execute_command("SENTINEL", "get-master-addr-by-name", self.SERVICE)
+                if addr:
+                    return int(addr[1])
+        raise RuntimeError("no Sentinel answers")
+
+    def start(self) -> None:
+        """Start the servers and Sentinels; wait until every Sentinel sees all of them."""
+        for server in self.servers:
+            server.start()
+        for replica in self.replicas:  # synced, so WAIT counts it from the first write
+            with redis.Redis(port=replica.port, socket_timeout=2, decode_responses=True) as r:
+                deadline = time.monotonic() + 20
+                while r.info("replication").get("master_link_status") != "up":
+                    if time.monotonic() > deadline:
+                        raise RuntimeError(f"replica {replica.port} did not sync")
+                    time.sleep(0.05)
+        n = len(self.sentinel_ports)
+        for port in self.sentinel_ports:
+            conf = self.root / f"sentinel-{port}.conf"
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {self.root}\n"
+                f"logfile {self.root}/sentinel-{port}.log\n"
+                f"sentinel monitor {self.SERVICE} 127.0.0.1 {self.primary.port} {n // 2 + 1}\n"
+                f"sentinel down-after-milliseconds {self.SERVICE} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.SERVICE} 10000\n"
+            )
+            self.procs.append(subprocess.Popen(
+                ["redis-server", str(conf), "--sentinel"],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            ))
+        deadline = time.monotonic() + 30
+        while not all(self._sees_all(p) for p in self.sentinel_ports):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Sentinels did not discover the replicas and each other")
+            time.sleep(0.1)
+
+    def _sees_all(self, port: int) -> bool:
+        try:
+            with redis.Redis(port=port, socket_timeout=1) as s:
+                reps = s.execute_command("SENTINEL", "replicas", self.SERVICE)
+                peers = s.execute_command("SENTINEL", "sentinels", self.SERVICE)
+        except redis.RedisError:
+            return False
+        return len(reps) == len(self.replicas) and len(peers) == len(self.sentinel_ports) - 1
+
+    def destroy(self) -> None:
+        """Stop the Sentinels and servers and remove their files."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(20)
+        for server in self.servers:
+            server.destroy()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> LocalRedisSentinel:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.destroy()

@@ -1,7 +1,8 @@
 """Short-lived query jobs (Weaver/Oracle) in Redis, each a hash that expires after its TTL.
 
 Redis is the right home for them: they matter for minutes, and losing one on a Redis
-restart only means the client asks again. Key names come from `cdc.keys`.
+restart only means the client asks again. Key names come from `cdc.keys`. Each step
+touches one key, so the store works on a Redis Cluster client as on a single Redis.
 """
 
 from __future__ import annotations
@@ -17,10 +18,17 @@ import redis
 
 from cdc import keys
 from cdc.errors import StoreError
+from cdc.redisconn import Client
 
 DEFAULT_TTL_S = 3600.0
 STATUSES = ("PENDING", "RUNNING", "COMPLETED", "FAILED", "CANCELLED")
 
+# Replace the whole job and start its TTL, in one step. ARGV[1] TTL in ms, then field/value pairs.
+SAVE_LUA = """
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 2))
+redis.call('PEXPIRE', KEYS[1], ARGV[1])
+"""
 # Change fields only while the job exists, so an update never resurrects an expired job
 # without a TTL; HSET keeps the key's TTL. Returns the job's fields, or nil.
 UPDATE_LUA = """
@@ -81,24 +89,22 @@ def _check_status(status: str) -> None:
 class QueryJobStore:
     """Save, read, update and expire query jobs; every job expires after `ttl_s`."""
 
-    def __init__(self, client: redis.Redis, *, ttl_s: float = DEFAULT_TTL_S) -> None:
+    def __init__(self, client: Client, *, ttl_s: float = DEFAULT_TTL_S) -> None:
         if ttl_s <= 0:
             raise StoreError("a query job TTL must be positive")
         self._client = client
         self._ttl_ms = math.ceil(ttl_s * 1000)
         self._update = client.register_script(UPDATE_LUA)
+        self._save = client.register_script(SAVE_LUA)
 
     def save(self, job: QueryJob, *, ttl_s: float | None = None) -> QueryJob:
         """Write the whole job and (re)start its TTL."""
         _check_status(job.status)
         ttl_ms = self._ttl_ms if ttl_s is None else math.ceil(ttl_s * 1000)
         key = keys.query_job(job.job_id)
+        pairs = [x for kv in job.fields().items() for x in kv]
         try:
-            with self._client.pipeline(transaction=True) as pipe:
-                pipe.delete(key)
-                pipe.hset(key, mapping=job.fields())  # type: ignore[arg-type]
-                pipe.pexpire(key, ttl_ms)
-                pipe.execute()
+            self._save(keys=[key], args=[ttl_ms, *pairs])
         except redis.RedisError as e:
             raise StoreError(f"cannot save query job {job.job_id}: {e}") from None
         return job

@@ -1,30 +1,147 @@
-"""Redis clients and the one translation of redis-py errors into SinkError/ConfigError."""
+"""Redis clients for CDC_REDIS_URL, and the one translation of redis-py errors.
+
+CDC_REDIS_URL is one of
+    redis://[[user]:password@]host:port/db       a single Redis, or any node of a Redis Cluster
+                                                 (told apart with INFO cluster)
+    redis+sentinel://[[user]:password@]host[:port][,host[:port]...]/service_name[/db]
+                                                 the primary Sentinel names, followed through
+                                                 failovers (sentinel port default 26379)
+The password is the data nodes'; `?sentinel_password=...` authenticates to the Sentinels.
+redis-py has no URL form for Sentinel; this is the common `redis+sentinel` convention.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
-from urllib.parse import urlsplit, urlunsplit
+from dataclasses import dataclass, field
+from typing import Any, TypeAlias
+from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 
 import redis
 import redis.asyncio
+import redis.asyncio.sentinel
+from redis.cluster import RedisCluster
+from redis.connection import ConnectionPool
+from redis.sentinel import Sentinel
 
 from cdc.errors import ConfigError, SinkError
 
 HINT = "check CDC_REDIS_URL and that Redis is up"
+SENTINEL_SCHEME = "redis+sentinel"
+SENTINEL_PORT = 26379
+# What the operator tools get: a cluster client on a Redis Cluster, else a plain client.
+Client: TypeAlias = redis.Redis | RedisCluster
 
 
 def redact_url(url: str) -> str:
-    """Return a redis:// URL with any password replaced, safe to print."""
+    """Return a redis:// or redis+sentinel:// URL with any password replaced, safe to print."""
     try:
         parts = urlsplit(url)
     except ValueError:
         return "<unparseable URL>"
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    netloc = f"{parts.username or ''}:***@{host}{port}" if parts.password else f"{host}{port}"
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = userinfo.split(":", 1)[0] + ":***"
+    netloc = f"{userinfo}@{hosts}" if at else hosts
     # the query string may carry password=...: keep none of it
     return urlunsplit(parts._replace(netloc=netloc, query=""))
+
+
+@dataclass(frozen=True, slots=True)
+class SentinelUrl:
+    """A parsed redis+sentinel:// URL."""
+
+    sentinels: list[tuple[str, int]]
+    service: str
+    db: int
+    username: str | None
+    password: str | None = field(repr=False)
+    sentinel_password: str | None = field(repr=False)
+
+
+def is_sentinel(url: str) -> bool:
+    """Tell whether `url` names a Sentinel-managed primary."""
+    return url.split("://", 1)[0].lower() == SENTINEL_SCHEME
+
+
+def parse_sentinel(url: str) -> SentinelUrl:
+    """Parse a redis+sentinel:// URL, or raise ConfigError (never echoing the URL)."""
+    bad = ConfigError(
+        "CDC_REDIS_URL is not a valid Sentinel URL",
+        hint="use redis+sentinel://[:password@]host:port[,host:port]/service_name[/db]",
+    )
+    try:
+        parts = urlsplit(url)
+        userinfo, at, hosts = parts.netloc.rpartition("@")
+        sentinels = []
+        for item in hosts.split(","):
+            host, _, port = item.rpartition(":") if ":" in item else (item, "", "")
+            if not host:
+                raise ValueError(item)
+            sentinels.append((host, int(port) if port else SENTINEL_PORT))
+        path = [p for p in parts.path.split("/") if p]
+        if not 1 <= len(path) <= 2:
+            raise ValueError(parts.path)
+        user, _, password = userinfo.partition(":") if at else ("", "", "")
+        query = parse_qs(parts.query)
+        return SentinelUrl(
+            sentinels, unquote(path[0]), int(path[1]) if len(path) == 2 else 0,
+            unquote(user) or None, unquote(password) or None,
+            query.get("sentinel_password", [None])[0],
+        )
+    except ValueError:
+        raise bad from None
+
+
+class _SentinelPrimary(redis.Redis):
+    """The Sentinel's primary; closing it closes the connections to the Sentinels too."""
+
+    watchers: Sentinel | None = None
+
+    def close(self) -> None:
+        """Close the primary's pool, then each Sentinel client."""
+        super().close()
+        for c in self.watchers.sentinels if self.watchers else ():
+            c.close()
+
+
+class _AsyncSentinelPrimary(redis.asyncio.Redis):
+    """The asyncio Sentinel's primary; closing it closes the Sentinel clients too."""
+
+    watchers: redis.asyncio.sentinel.Sentinel | None = None
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        """Close the primary, then each Sentinel client."""
+        await super().aclose(close_connection_pool)
+        for c in self.watchers.sentinels if self.watchers else ():
+            await c.aclose()
+
+
+def _sentinel(url: str, timeout: float) -> tuple[Sentinel, SentinelUrl]:
+    s = parse_sentinel(url)
+    kwargs: dict[str, Any] = {"socket_timeout": timeout,
+                              "socket_connect_timeout": min(timeout, 5.0)}
+    if s.sentinel_password:
+        kwargs["password"] = s.sentinel_password
+    return Sentinel(s.sentinels, sentinel_kwargs=kwargs), s  # type: ignore[no-untyped-call]
+
+
+def pool(url: str, *, timeout: float) -> ConnectionPool:
+    """Return a connection pool for `url`: the Sentinel's primary, or the one Redis named."""
+    if is_sentinel(url):
+        sentinel, s = _sentinel(url, timeout)
+        master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+            s.service, socket_timeout=timeout, socket_connect_timeout=min(timeout, 5.0),
+            db=s.db, username=s.username, password=s.password,
+        )
+        return master.connection_pool
+    try:
+        return ConnectionPool.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout
+        )
+    except ValueError:  # the message would echo the URL, password included
+        raise bad_url() from None
 
 
 def translate(e: Exception, what: str) -> SinkError:
@@ -57,12 +174,23 @@ def redis_errors(what: str) -> Iterator[None]:
 def bad_url() -> ConfigError:
     """Return the error for a URL redis-py cannot parse (its message would echo the URL)."""
     return ConfigError(
-        "CDC_REDIS_URL is not a valid Redis URL", hint="use redis://[:password@]host:port/db"
+        "CDC_REDIS_URL is not a valid Redis URL",
+        hint="use redis://[:password@]host:port/db or"
+        " redis+sentinel://[:password@]host:port[,host:port]/service_name[/db]",
     )
 
 
 def client(url: str, *, timeout: float, decode: bool = True) -> redis.Redis:
-    """Return a client (not yet connected) with these socket timeouts, or raise ConfigError."""
+    """Return a client (not yet connected) of one Redis or the Sentinel's primary."""
+    if is_sentinel(url):
+        sentinel, s = _sentinel(url, timeout)
+        primary: _SentinelPrimary = sentinel.master_for(  # type: ignore[no-untyped-call]
+            s.service, redis_class=_SentinelPrimary, socket_timeout=timeout,
+            socket_connect_timeout=min(timeout, 5.0), db=s.db, username=s.username,
+            password=s.password, decode_responses=decode,
+        )
+        primary.watchers = sentinel
+        return primary
     try:
         return redis.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=min(timeout, 5.0),
@@ -73,7 +201,23 @@ def client(url: str, *, timeout: float, decode: bool = True) -> redis.Redis:
 
 
 def async_client(url: str, *, timeout: float, decode: bool = True) -> redis.asyncio.Redis:
-    """Return a redis.asyncio client with these socket timeouts, or raise ConfigError."""
+    """Return a redis.asyncio client of one Redis or the Sentinel's primary."""
+    if is_sentinel(url):
+        s = parse_sentinel(url)
+        kwargs: dict[str, Any] = {"socket_timeout": timeout,
+                                  "socket_connect_timeout": min(timeout, 5.0)}
+        if s.sentinel_password:
+            kwargs["password"] = s.sentinel_password
+        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            s.sentinels, sentinel_kwargs=kwargs
+        )
+        aprimary: _AsyncSentinelPrimary = sentinel.master_for(
+            s.service, redis_class=_AsyncSentinelPrimary, socket_timeout=timeout,
+            socket_connect_timeout=min(timeout, 5.0), db=s.db, username=s.username,
+            password=s.password, decode_responses=decode,
+        )
+        aprimary.watchers = sentinel
+        return aprimary
     try:
         return redis.asyncio.Redis.from_url(
             url, socket_timeout=timeout, socket_connect_timeout=min(timeout, 5.0),
@@ -83,12 +227,62 @@ def async_client(url: str, *, timeout: float, decode: bool = True) -> redis.asyn
         raise bad_url() from None
 
 
-def connect(url: str, *, timeout: float = 5.0) -> redis.Redis:
+def is_cluster(url: str, *, timeout: float = 5.0) -> bool:
+    """Tell whether `url` points at a node of a Redis Cluster (INFO cluster)."""
+    if is_sentinel(url):  # Sentinel watches primaries of non-cluster Redis only
+        return False
+    c = client(url, timeout=timeout)
+    try:
+        return bool(c.info("cluster").get("cluster_enabled"))
+    except (redis.RedisError, OSError) as e:
+        raise translate(e, "INFO cluster") from None
+    finally:
+        c.close()
+
+
+def open_client(
+    url: str, *, timeout: float = 5.0, decode: bool = True, cluster: bool | None = None
+) -> Client:
+    """Return the client `url` needs: a RedisCluster on a cluster, else a Redis.
+
+    `cluster` says which when the caller knows already (else INFO cluster is asked).
+    """
+    if cluster is None:
+        cluster = is_cluster(url, timeout=timeout)
+    if not cluster:
+        return client(url, timeout=timeout, decode=decode)
+    try:
+        return RedisCluster.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=min(timeout, 5.0),
+            decode_responses=decode,
+        )
+    except ValueError:
+        raise bad_url() from None
+    except (redis.RedisError, OSError) as e:
+        raise translate(e, "CLUSTER SLOTS") from None
+
+
+def connect(url: str, *, timeout: float = 5.0) -> Client:
     """Return a client (responses decoded) that answered PING, or raise SinkError."""
-    r = client(url, timeout=timeout)
+    try:
+        r = open_client(url, timeout=timeout)
+    except SinkError as e:
+        raise SinkError(f"CDC_REDIS_URL: cannot reach {redact_url(url)}: {e}", hint=HINT) from None
     try:
         r.ping()
     except (redis.RedisError, OSError) as e:
         r.close()
         raise SinkError(f"CDC_REDIS_URL: cannot reach {redact_url(url)}: {e}", hint=HINT) from None
+    return r
+
+
+def connect_single(url: str, *, timeout: float = 5.0) -> redis.Redis:
+    """Return a client of one Redis (or the Sentinel's primary); refuse a Redis Cluster."""
+    r = connect(url, timeout=timeout)
+    if isinstance(r, RedisCluster):
+        r.close()
+        raise ConfigError(
+            "this command needs one Redis (or Sentinel), not a Redis Cluster",
+            hint="point CDC_REDIS_URL at a single Redis for it",
+        )
     return r

@@ -1,9 +1,10 @@
 """`cdc replay`: republish a time range of outbox rows for a consumer that lost data.
 
 Rows are read in (created_at, id) order, one keyset page per short transaction, and put
-back on their streams through lua/replay.lua under a per-run set (`keys.replay_run`),
-every entry tagged `replay=<run id>`. Rerunning with the same `--id` resumes without
-duplicating anything; a new run id replays again.
+back on their streams through lua/replay.lua under the run's set of each stream
+(`keys.replay_run`, in the stream's hash slot; the run's one set of before,
+`keys.replay_run_v1`, is read too), every entry tagged `replay=<run id>`. Rerunning with
+the same `--id` resumes without duplicating anything; a new run id replays again.
 """
 
 from __future__ import annotations
@@ -15,12 +16,11 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import redis
 from psycopg import sql
 
 from cdc import db, keys, redisstate
 from cdc.errors import CdcError, EventError
-from cdc.redisconn import redis_errors
+from cdc.redisconn import Client, redis_errors
 from cdc.republish import Republisher, Row
 from cdc.route import Router
 from cdc.settings import Settings
@@ -92,7 +92,7 @@ def pages(conn: db.Conn, settings: Settings, rng: Range, size: int) -> Iterator[
 
 
 def replay(
-    conn: db.Conn, client: redis.Redis | None, settings: Settings, rng: Range,
+    conn: db.Conn, client: Client | None, settings: Settings, rng: Range,
     *, replay_id: str, dry_run: bool = False,
 ) -> ReplayRun:
     """Republish the rows in `rng` (or only count them with `dry_run`)."""
@@ -102,14 +102,14 @@ def replay(
     if not dry_run:
         assert client is not None
         pub = Republisher(
-            client, set_key=keys.replay_run(replay_id), maxlen=settings.stream_maxlen,
-            ttl_s=RUN_TTL_S,
+            client, set_key=lambda stream: keys.replay_run(replay_id, stream),
+            maxlen=settings.stream_maxlen, ttl_s=RUN_TTL_S, legacy=keys.replay_run_v1(replay_id),
         )
     present = None
     if pub is not None and rng.skip_present:
         assert client is not None
         wait_caught_up(conn, settings)
-        present = _Present(client, router.streams(), keys.replay_run(replay_id))
+        present = _Present(client, router.streams(), replay_id)
     for page in pages(conn, settings, rng, settings.batch_size):
         if present is not None:
             present.refresh()
@@ -141,9 +141,9 @@ class _Present:
     acknowledged the row's entry, so a PUBLISHED row is on its stream by then.
     """
 
-    def __init__(self, client: redis.Redis, streams: list[str], set_key: str) -> None:
+    def __init__(self, client: Client, streams: list[str], replay_id: str) -> None:
         self._client = client
-        self._set_key = set_key
+        self._replay_id = replay_id
         self._after = dict.fromkeys(streams, "-")
         self.seen = 0
 
@@ -159,8 +159,9 @@ class _Present:
                         break
                     ids = [str(f["event_id"]) for _, f in chunk if f.get("event_id")]
                     if ids:
-                        self._client.sadd(self._set_key, *ids)
-                        self._client.expire(self._set_key, RUN_TTL_S)
+                        set_key = keys.replay_run(self._replay_id, stream)
+                        self._client.sadd(set_key, *ids)
+                        self._client.expire(set_key, RUN_TTL_S)
                         self.seen += len(ids)
                     last = self._after[stream] = str(chunk[-1][0])
 

@@ -14,6 +14,7 @@ import redis
 from psycopg import sql
 
 from cdc import db, keys, redisconn, redisstate
+from cdc.errors import CdcError
 from cdc.metrics import Metrics
 from cdc.route import Router
 from cdc.settings import Settings
@@ -29,6 +30,7 @@ class Sampler(threading.Thread):
     pending) true, and the other way round. A failed sample counts in
     core_relay_sampler_errors_total{source} and logs a warning when a run of failures begins.
     A standby relay samples too, so one running relay shows an outage of the other.
+    On a Redis Cluster each stream is read on its own master (redisconn.open_client).
     """
 
     def __init__(
@@ -41,6 +43,7 @@ class Sampler(threading.Thread):
         self._interval = interval
         self._streams = Router(settings.routes).streams()
         self._failing: set[str] = set()
+        self._cluster: bool | None = None
 
     def run(self) -> None:
         """Sample at once, then every interval until stopped."""
@@ -57,7 +60,7 @@ class Sampler(threading.Thread):
     def _guard(self, source: str, step: Callable[[], None]) -> None:
         try:
             step()
-        except (psycopg.Error, redis.RedisError, OSError) as e:
+        except (psycopg.Error, redis.RedisError, OSError, CdcError) as e:
             self._m.sampler_errors.labels(source).inc()
             if source not in self._failing:
                 self._failing.add(source)
@@ -70,8 +73,11 @@ class Sampler(threading.Thread):
 
     def sample_redis(self) -> None:
         """Read DLQ depth, stream lengths, consumer-group lag and pending from Redis."""
+        url = self._s.redis_url.get_secret_value()
+        if self._cluster is None:  # asked once: a Redis does not turn into a cluster
+            self._cluster = redisconn.is_cluster(url, timeout=2)
         with contextlib.closing(
-            redisconn.client(self._s.redis_url.get_secret_value(), timeout=2, decode=False)
+            redisconn.open_client(url, timeout=2, decode=False, cluster=self._cluster)
         ) as r:
             self._m.dlq_depth.set(int(r.xlen(keys.DLQ)))
             for stream in self._streams:

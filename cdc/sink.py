@@ -23,11 +23,11 @@ from typing import Any
 
 import redis
 from redis.cluster import ClusterNode, RedisCluster
-from redis.connection import ConnectionPool, parse_url
+from redis.connection import parse_url
 
 from cdc import keys, luascripts
 from cdc.errors import ConfigError, SinkError
-from cdc.redisconn import bad_url, translate
+from cdc.redisconn import is_cluster, pool, translate
 
 ENTRY_FIELDS = (
     "event_id", "event_type", "aggregate_type", "aggregate_id", "tenant_id",
@@ -56,21 +56,6 @@ return cur
 Replies = tuple[tuple[int, int], ...]
 
 
-def is_cluster(url: str, *, timeout: float = 5.0) -> bool:
-    """Tell whether `url` points at a node of a Redis Cluster (INFO cluster)."""
-    try:
-        client = redis.Redis.from_url(url, socket_timeout=timeout,
-                                      socket_connect_timeout=timeout)
-    except ValueError:  # the message would echo the URL, password included
-        raise bad_url() from None
-    try:
-        return bool(client.info("cluster").get("cluster_enabled"))
-    except (redis.RedisError, OSError) as e:
-        raise translate(e, "INFO cluster") from None
-    finally:
-        client.close()
-
-
 class RedisSink:
     """Publish batches of entries to streams, atomically deduplicated per stream."""
 
@@ -78,12 +63,7 @@ class RedisSink:
         self, url: str, *, maxlen: int = 0, timeout: float = 5.0, min_replicas: int = 0,
         wait_timeout_ms: int = 1000, known_nodes: list[tuple[str, int]] | None = None,
     ) -> None:
-        try:
-            self._pool = ConnectionPool.from_url(
-                url, socket_timeout=timeout, socket_connect_timeout=timeout
-            )
-        except ValueError:  # the message would echo the URL, password included
-            raise bad_url() from None
+        self._pool = pool(url, timeout=timeout)  # a Sentinel's pool follows the primary
         self._url = url
         self._timeout = timeout
         self._maxlen = maxlen

@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 import redis
 from psycopg import sql
+from redis.cluster import RedisCluster
 
 from cdc import db, dlq, keys, redisconn, redisstate, slots
 from cdc.errors import CdcError
@@ -203,7 +204,9 @@ def _redis(settings: Settings, snap: Snapshot) -> None:
         snap.dlq_length = int(client.xlen(keys.DLQ))
 
 
-def partition_owner(client: redis.Redis, stream: str, group: str) -> str | None:
+def partition_owner(
+    client: redis.Redis | RedisCluster, stream: str, group: str
+) -> str | None:
     """Return the ordered consumer leasing `stream` for `group` ("name, epoch N"), if any."""
     token = client.get(keys.lease(stream, group))
     if token is None:

@@ -4,7 +4,8 @@ Each stream is trimmed (lua/trim.lua, one atomic step) below the oldest entry th
 group still needs: its oldest pending entry, or the one after its last-delivered-id.
 A stream longer than the hard cap after that is not cut: it raises the alarm
 (`core_stream_over_cap` = 1, exit code 1) naming the group that holds it back.
-A stream without groups is never trimmed here.
+A stream without groups is never trimmed here. On a Redis Cluster each stream's script runs
+on the master that owns the stream.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ class Trimmer:
         self.cap = cap
         self.removed_total = dict.fromkeys(self.streams, 0)
         self.last: dict[str, TrimResult] = {}
-        self._r = redisconn.client(redis_url, timeout=30)
+        self._r = redisconn.open_client(redis_url, timeout=30)
         self._script = self._r.register_script(TRIM_LUA)
 
     def trim_once(self) -> list[TrimResult]:

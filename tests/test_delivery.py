@@ -305,6 +305,18 @@ def _metric(port: int, name: str) -> float | None:
     return None
 
 
+def _wal_lsn(dsn: str) -> str:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return str(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])  # type: ignore[index]
+
+
+def _confirmed_past(dsn: str, slot: str, lsn: str) -> bool:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots"
+                           " WHERE slot_name = %s", (lsn, slot)).fetchone()
+        return bool(row and row[0])
+
+
 @pytest.mark.parametrize("how", ["flushall", "replaced", "flushall-before-first-batch"])
 def test_redis_reset_mid_run_is_reported_and_recovered_without_duplicates(
     how: str, settings: Settings, pg_dsn: str, cli: Cli, tmp_path: Path
@@ -322,8 +334,11 @@ def test_redis_reset_mid_run_is_reported_and_recovered_without_duplicates(
                    CDC_METRICS_SAMPLE_S="0.2"):
             if how != "flushall-before-first-batch":
                 insert_cases(pg_dsn, 3000, tag="a")
+            after_a = _wal_lsn(pg_dsn)
             wait_for(lambda: client.xlen("axiom:core:events") == 3000, what="3000 entries")
             wait_for(lambda: _metric(port, "core_relay_streaming") == 1, what="streaming")
+            # Confirmed past the a's, or the relay rightly publishes them again after the reset.
+            wait_for(lambda: _confirmed_past(pg_dsn, s.slot, after_a), what="a's confirmed")
             assert _metric(port, "core_relay_redis_reset") == 0
             if how.startswith("flushall"):  # this session has sent nothing yet in the 3rd case
                 client.flushall()

@@ -81,7 +81,7 @@ def test_dlq_list_show_replay_once_and_purge(
     purged = cli("dlq", "purge", "--yes", "--replayed")
     assert purged.code == 0 and "purged 1 dead letter(s)" in purged.out
     assert cli("dlq", "list", "--all", "--json").json() == []
-    assert not rds.sismember(keys.DLQ_REPLAYED, event_id)
+    assert not rds.sismember(keys.dlq_replayed("axiom:core:events"), event_id)
 
 
 def test_replay_after_a_crash_between_redis_and_postgres_lands_once(
@@ -94,7 +94,7 @@ def test_replay_after_a_crash_between_redis_and_postgres_lands_once(
         ).fetchone()[0])  # type: ignore[index]
     # A replay that reached Redis and died before marking the row in PostgreSQL.
     client = connect(settings.redis_url.get_secret_value())
-    pub = Republisher(client, set_key=keys.DLQ_REPLAYED, dlq_stream=keys.DLQ)
+    pub = Republisher(client, set_key=keys.dlq_replayed, dlq_stream=keys.DLQ)
     row = Row(event_id, "CASE_CREATED", "case", "c9", "t1", BAD, created)
     assert pub.publish("axiom:core:events", [row], "dlq") == [event_id]
     client.close()

@@ -18,8 +18,9 @@ from redis.cluster import RedisCluster
 
 from cdc import keys
 from cdc.localservers import LocalRedis, LocalRedisCluster
+from cdc.redisconn import is_cluster
 from cdc.settings import Settings
-from cdc.sink import RedisSink, is_cluster
+from cdc.sink import RedisSink
 from tests.chaosutil import assert_published_rows_have_entries
 from tests.relayutil import cdc, insert_cases, relay, slot_lag, stream_events, wait_for
 

@@ -1,9 +1,8 @@
 -- Republish entries whose member is new to a set (DLQ replay, time-range replay): one atomic step.
--- KEYS[1] stream, KEYS[2] set of members already republished,
--- KEYS[3] (optional) stream to XDEL the entry's dead-letter copy from
+-- KEYS[1] stream, KEYS[2] set of members already republished on it (same hash slot)
 -- ARGV[1] MAXLEN (~), 0 for uncapped
 -- ARGV[2] MessagePack array of field names
--- ARGV[3] MessagePack array of entries: [member, dead-letter entry id or "", value for each field...]
+-- ARGV[3] MessagePack array of entries: [member, value for each field...]
 -- ARGV[4] TTL in seconds for the set, 0 to keep it
 -- Returns the members added now (the others were already republished).
 local names = cmsgpack.unpack(ARGV[2])
@@ -14,13 +13,10 @@ local added = {}
 for _, e in ipairs(entries) do
   if redis.call('SADD', KEYS[2], e[1]) == 1 then
     for j = 1, n do
-      args[base + 2 * j] = e[j + 2]
+      args[base + 2 * j] = e[j + 1]
     end
     redis.call('XADD', KEYS[1], unpack(args))
     added[#added + 1] = e[1]
-  end
-  if KEYS[3] and e[2] ~= '' then
-    redis.call('XDEL', KEYS[3], e[2])
   end
 end
 if tonumber(ARGV[4]) > 0 then
