@@ -189,14 +189,20 @@ def cli(
     return Cli(settings, monkeypatch, capsys)
 
 
+# The developer's CDC_* settings, as the shell gave them when pytest loaded this plugin;
+# CDC_TEST_BACKEND chooses the harness and stays. (What a test module sets on purpose, such
+# as the deploy stack's passwords, is not the shell's and is kept.)
+SHELL_CDC = frozenset(
+    k for k in os.environ if k.startswith("CDC_") and k != "CDC_TEST_BACKEND"
+)
+
+
 @pytest.fixture(autouse=True)
 def clean_cdc_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     """Give every test an environment without the developer's CDC_* settings.
 
     Subprocesses already get only what relay_env() passes; in-process Settings() must not
     pick up a CDC_DATABASE_URL or CDC_REDIS_URL that points at the machine's own servers.
-    CDC_TEST_BACKEND chooses the harness and stays.
     """
-    for key in list(os.environ):
-        if key.startswith("CDC_") and key != "CDC_TEST_BACKEND":
-            monkeypatch.delenv(key)
+    for key in SHELL_CDC:
+        monkeypatch.delenv(key, raising=False)
