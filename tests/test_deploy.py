@@ -36,6 +36,8 @@ def exported_names() -> set[str]:
     names = set()
     for metric in Metrics().registry.collect():
         names.update(s.name for s in metric.samples)
+        if metric.type == "gauge":  # a labelled gauge has no sample before its first label
+            names.add(metric.name)
     return names
 
 
