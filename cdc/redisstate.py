@@ -49,13 +49,19 @@ class Reset:
         )
 
 
+RECORDED_SQL = "SELECT instance FROM public.cdc_redis_state WHERE slot_name = %s"
+
+
+def recorded(conn: db.Conn, slot: str) -> str | None:
+    """Return the token of the Redis the slot's relay last published to, if any."""
+    row = conn.execute(RECORDED_SQL, (slot,)).fetchone()
+    return str(row[0]) if row else None
+
+
 def observe(conn: db.Conn, slot: str, token: str) -> Reset | None:
     """Compare Redis' token with the slot's record; record a reset; return any unacknowledged."""
     with conn.transaction():
-        row = conn.execute(
-            "SELECT instance FROM public.cdc_redis_state WHERE slot_name = %s FOR UPDATE",
-            (slot,),
-        ).fetchone()
+        row = conn.execute(RECORDED_SQL + " FOR UPDATE", (slot,)).fetchone()
         if row is None:
             conn.execute(
                 "INSERT INTO public.cdc_redis_state (slot_name, instance) VALUES (%s, %s)"

@@ -26,9 +26,9 @@ from cdc.decode import Commit, Decoder, OutboxEvent
 from cdc.errors import Action, CdcError, ConfigError, EventError, EventTooLarge, SlotBusy, policy
 from cdc.metrics import Metrics
 from cdc.redisstate import new_token
-from cdc.route import Router, partition, partition_stream
+from cdc.route import Router
 from cdc.settings import Settings
-from cdc.sink import DLQ_FIELDS, RedisSink
+from cdc.sink import DLQ_FIELDS, ENTRY_FIELDS, RedisSink
 from cdc.source import Keepalive, ReplicationStream
 from cdc.writeback import LINGER_S, WriteBack, bookkeeping, id_list, mark_published
 
@@ -43,7 +43,6 @@ class Prepare:
 
     def __init__(self, settings: Settings) -> None:
         self.router = Router(settings.routes)
-        self.partitions = self.router.partitions
         self.registry = Registry(unknown=settings.unknown_events)
         self.max_bytes = settings.max_event_bytes
 
@@ -55,10 +54,7 @@ class Prepare:
             size = len(payload.encode())
             if size > self.max_bytes:
                 raise EventTooLarge(f"payload is {size} bytes, over {self.max_bytes}", size=size)
-        stream = self.router.route(event_type)
-        n = self.partitions[stream]
-        if n != 1:
-            stream = partition_stream(stream, partition(ev.tenant_id, ev.aggregate_id, n))
+        stream = self.router.stream_for(event_type, ev.tenant_id, ev.aggregate_id)
         ev.idempotency_key = self.registry.validate_json(event_type, payload)
         return stream
 
@@ -72,11 +68,14 @@ def entry(ev: OutboxEvent) -> list[str]:
     ]
 
 
+_PAYLOAD_AT = 1 + ENTRY_FIELDS.index("payload")  # in entry(): after the dedup key
+
+
 def dead_entry(ev: OutboxEvent, error: EventError, stream: str) -> list[str]:
     """Return [dedup key, *values in DLQ_FIELDS order]: an oversized payload only as a prefix."""
     payload, size, cut = kept_payload(ev, error)
     values = entry(ev)
-    values[6] = payload  # [key, event_id, type, aggregate type, aggregate id, tenant, payload..]
+    values[_PAYLOAD_AT] = payload
     return [*values, str(error), stream, str(size), "1" if cut else "0"]
 
 
@@ -196,12 +195,13 @@ class Session:
             reset = redisstate.observe(conn, self.s.slot, sink.instance_token(new_token()))
             self.metrics.redis_reset.set(1 if reset else 0)
             pub = Publisher(self.s, sink, conn, self.metrics)
-            sink.check_partitions(pub.prepare.partitions)
-            streams = [*pub.prepare.router.streams(), keys.DLQ]
-            if moved := sink.migrate_marks(streams):
+            router = pub.prepare.router
+            sink.check_partitions(router.partitions)
+            routed = router.streams()
+            if moved := sink.migrate_marks([*routed, keys.DLQ]):
                 log.info("moved %d high-water mark(s) to format %s", moved, keys.FORMAT_VERSION)
-            sink.ensure_groups(pub.prepare.router.streams(), self.s.group_names())
-            sink.prime([*pub.prepare.router.streams(), keys.DLQ])
+            sink.ensure_groups(routed, self.s.group_names())
+            sink.prime([*routed, keys.DLQ])
             self.decoder.epoch = slots.epoch(conn, self.s.slot)
             if self.s.backfill and self.s.mark_published:
                 backfill(self.s, conn, pub, epoch=self.decoder.epoch)
@@ -258,8 +258,7 @@ class Session:
                         self._seal(pub, cp)
                         batch = self.batch
                         if len(cp.in_flight) >= max_in_flight:
-                            pub.ack(cp.in_flight[0], self.wb)
-                            cp.acked()
+                            self._ack_oldest(pub, cp)
                             if time.monotonic() - self.sent_at > STATUS_MIN_INTERVAL:
                                 self._status(stream, cp)
                 elif isinstance(item, Commit):
@@ -287,8 +286,7 @@ class Session:
             )
             overdue = time.monotonic() - cp.in_flight[0].sent_at > REPLY_TIMEOUT
             if reply or overdue or self.stop.is_set():
-                pub.ack(cp.in_flight[0], self.wb)  # blocks at most the socket timeout
-                cp.acked()  # only once its replies were read without an error
+                self._ack_oldest(pub, cp)  # blocks at most the socket timeout
             else:
                 stream.consume()
             return False
@@ -332,6 +330,11 @@ class Session:
         self.sent_lsn, self.sent_at = safe, time.monotonic()
         self.metrics.confirmed_lsn.set(safe)
 
+    def _ack_oldest(self, pub: Publisher, cp: Checkpoint) -> None:
+        """Read the oldest batch's replies; count it acknowledged only if none was an error."""
+        pub.ack(cp.in_flight[0], self.wb)
+        cp.acked()
+
     def _seal(self, pub: Publisher, cp: Checkpoint) -> None:
         batch = Batch(self.batch, 0, sent_at=time.monotonic())
         self.batch = []
@@ -343,8 +346,7 @@ class Session:
         if self.batch:
             self._seal(pub, cp)
         while cp.in_flight:
-            pub.ack(cp.in_flight[0], self.wb)
-            cp.acked()
+            self._ack_oldest(pub, cp)
         if self.wb is not None:
             self.wb.flush(timeout=3.0)
         self._status(stream, cp)

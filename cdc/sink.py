@@ -27,7 +27,7 @@ from redis.connection import parse_url
 
 from cdc import keys, luascripts
 from cdc.errors import ConfigError, SinkError
-from cdc.redisconn import is_cluster, pool, translate
+from cdc.redisconn import is_cluster, pool, redis_errors, translate
 
 ENTRY_FIELDS = (
     "event_id", "event_type", "aggregate_type", "aggregate_id", "tenant_id",
@@ -41,7 +41,6 @@ DLQ_FIELDS = (
 )
 # Per field list: its packed names and how many of its fields every entry has.
 _NAMES: dict[tuple[str, ...], tuple[bytes, int]] = {
-    ENTRY_FIELDS: (luascripts.pack(ENTRY_FIELDS), len(ENTRY_FIELDS)),
     STREAM_FIELDS: (luascripts.pack(STREAM_FIELDS), len(ENTRY_FIELDS)),
     DLQ_FIELDS: (luascripts.pack(DLQ_FIELDS), len(DLQ_FIELDS)),
 }
@@ -77,11 +76,6 @@ class RedisSink:
         self._by_name: dict[str, int] = {}  # node "host:port" -> index into _conns
         self._sha = ""
         self._last: dict[str, str] = {}  # stream -> last dedup key sent this session
-
-    @property
-    def _conn(self) -> Any:
-        """Return the connection of a single Redis, or of the node first connected."""
-        return self._conns[0]
 
     def connect(self) -> None:
         """Open the connection(s) and load the publish script."""
@@ -158,10 +152,8 @@ class RedisSink:
 
     def instance_token(self, fresh: str) -> str:
         """Return the Redis instance token, writing `fresh` first if Redis has none."""
-        try:
+        with redis_errors("SET"):
             old = self._call(keys.REDIS_INSTANCE, "SET", keys.REDIS_INSTANCE, fresh, "NX", "GET")
-        except (redis.RedisError, OSError) as e:
-            raise translate(e, "SET") from None
         return fresh if old is None else bytes(old).decode()
 
     def prime(self, streams: Iterable[str]) -> None:
@@ -170,13 +162,11 @@ class RedisSink:
         So a Redis emptied after this session started is refused (CDCGAP) at its first batch
         on any stream that had a mark, not only at the second.
         """
-        try:
+        with redis_errors("GET"):
             for stream in streams:
                 mark = self._call(stream, "GET", keys.hwm(stream))
                 if mark is not None:
                     self._last[stream] = bytes(mark).decode()
-        except (redis.RedisError, OSError) as e:
-            raise translate(e, "GET") from None
 
     def migrate_marks(self, streams: Iterable[str]) -> int:
         """Carry format-1 marks over to format 2 (keys.hwm); return how many were moved.
@@ -185,7 +175,7 @@ class RedisSink:
         after, and the next start moves what is left.
         """
         moved = 0
-        try:
+        with redis_errors("mark migration"):
             for stream in streams:
                 old_key, new_key = keys.hwm_v1(stream), keys.hwm(stream)
                 if old_key == new_key:
@@ -196,18 +186,14 @@ class RedisSink:
                     self._call(old_key, "DEL", old_key)
                     moved += 1
             self._call(keys.FORMAT, "SET", keys.FORMAT, keys.FORMAT_VERSION)
-        except (redis.RedisError, OSError) as e:
-            raise translate(e, "mark migration") from None
         return moved
 
     def check_partitions(self, partitions: dict[str, int]) -> None:
         """Record each route's number of partitions; refuse a silent change of one."""
         for stream, n in partitions.items():
             key = keys.partitions(stream)
-            try:
+            with redis_errors("SET"):
                 old = self._call(key, "SET", key, n, "NX", "GET")
-            except (redis.RedisError, OSError) as e:
-                raise translate(e, "SET") from None
             if old is not None and int(old) != n:
                 raise ConfigError(
                     f"CDC_ROUTES publishes {stream} in {n} partition(s), but it was published"

@@ -145,17 +145,15 @@ def _reset_problems(conn: db.Conn, settings: Settings, snap: Snapshot) -> None:
     if reset is not None:
         snap.problems.append(reset.problem())
         return
-    row = conn.execute(
-        "SELECT instance FROM public.cdc_redis_state WHERE slot_name = %s", (settings.slot,)
-    ).fetchone()
-    if row is None:
+    instance = redisstate.recorded(conn, settings.slot)
+    if instance is None:
         return
     try:
         with redisconn.connect(settings.redis_url.get_secret_value()) as client:
             token = client.get(keys.REDIS_INSTANCE)
     except (CdcError, redis.RedisError):
         return  # the Redis section reports it
-    if token != row[0]:
+    if token != instance:
         snap.problems.append(
             "Redis lost its streams since the relay last connected (its instance token is"
             " gone or different): the relay records the reset when it reconnects; then"

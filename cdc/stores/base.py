@@ -1,4 +1,5 @@
-"""What every store shares: the pool type, the transaction helper, id parsing."""
+"""What every store shares: the pool type, the transaction helper, id parsing, and the
+outbox events of stores whose state changes other contexts follow."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg_pool import ConnectionPool, PoolTimeout
 
+from cdc import outbox
+from cdc.contracts import Registry
 from cdc.errors import StoreError
 
 Conn: TypeAlias = psycopg.Connection[Any]
@@ -50,3 +53,19 @@ def as_uuid(value: UUID | str, what: str) -> UUID:
         return UUID(str(value))
     except ValueError:
         raise StoreError(f"{what} {value!r} is not a valid id (expected a UUID)") from None
+
+
+class EventStore:
+    """A store whose state changes go out through the outbox in the same transaction."""
+
+    def __init__(
+        self, pool: Pool, *, outbox_table: str = outbox.DEFAULT_TABLE,
+        registry: Registry | None = None,
+    ) -> None:
+        self._pool = pool
+        self._outbox_table = outbox_table
+        self._registry = registry or Registry()
+
+    def _publish(self, c: Conn, event: outbox.Event) -> None:
+        """Insert `event` into the outbox on `c`, checked against its contract."""
+        outbox.emit(c, event, table=self._outbox_table, registry=self._registry)

@@ -21,9 +21,8 @@ import psycopg
 from psycopg.rows import class_row
 
 from cdc import outbox
-from cdc.contracts import Registry
 from cdc.errors import StoreError
-from cdc.stores.base import Conn, Pool, as_uuid, transaction
+from cdc.stores.base import Conn, EventStore, as_uuid, transaction
 
 AGGREGATE = "materialized_table"
 STATES = ("PENDING", "REFRESHING", "READY", "FAILED")
@@ -51,16 +50,8 @@ class MaterializedTable:
     updated_at: datetime
 
 
-class MaterializedTableStore:
+class MaterializedTableStore(EventStore):
     """Register materialized tables and record their refreshes."""
-
-    def __init__(
-        self, pool: Pool, *, outbox_table: str = outbox.DEFAULT_TABLE,
-        registry: Registry | None = None,
-    ) -> None:
-        self._pool = pool
-        self._outbox_table = outbox_table
-        self._registry = registry or Registry()
 
     def register(
         self, tenant_id: str, datasource_id: UUID | str, target: str, definition: str,
@@ -195,13 +186,9 @@ class MaterializedTableStore:
         self, c: Conn, row: MaterializedTable, event_type: str, suffix: str | None,
         extra: dict[str, Any],
     ) -> None:
-        outbox.emit(
-            c,
-            outbox.Event(
-                tenant_id=row.tenant_id, aggregate_type=AGGREGATE, aggregate_id=str(row.id),
-                event_type=event_type,
-                payload={"table_id": str(row.id), "target": row.target, **extra},
-                idempotency_key=None if suffix is None else f"{AGGREGATE}:{row.id}:{suffix}",
-            ),
-            table=self._outbox_table, registry=self._registry,
-        )
+        self._publish(c, outbox.Event(
+            tenant_id=row.tenant_id, aggregate_type=AGGREGATE, aggregate_id=str(row.id),
+            event_type=event_type,
+            payload={"table_id": str(row.id), "target": row.target, **extra},
+            idempotency_key=None if suffix is None else f"{AGGREGATE}:{row.id}:{suffix}",
+        ))

@@ -22,7 +22,7 @@ from psycopg.types.json import Jsonb
 from cdc import outbox
 from cdc.contracts import Registry
 from cdc.errors import StoreError
-from cdc.stores.base import Conn, Pool, as_uuid, transaction
+from cdc.stores.base import Conn, EventStore, Pool, as_uuid, transaction
 
 MAX_RUNNING = 8
 STATUSES = ("PENDING", "RUNNING", "COMPLETED", "FAILED")
@@ -60,7 +60,7 @@ class MiningResult:
     created_at: datetime
 
 
-class MiningStore:
+class MiningStore(EventStore):
     """Create, run and finish mining tasks of many tenants."""
 
     def __init__(
@@ -71,10 +71,8 @@ class MiningStore:
         outbox_table: str = outbox.DEFAULT_TABLE,
         registry: Registry | None = None,
     ) -> None:
-        self._pool = pool
+        super().__init__(pool, outbox_table=outbox_table, registry=registry)
         self._max_running = max_running
-        self._outbox_table = outbox_table
-        self._registry = registry or Registry()
 
     def create(
         self,
@@ -218,16 +216,11 @@ class MiningStore:
     def _emit(
         self, c: Conn, task: MiningTask, event_type: str, suffix: str, extra: dict[str, Any]
     ) -> None:
-        outbox.emit(
-            c,
-            outbox.Event(
-                tenant_id=task.tenant_id,
-                aggregate_type=AGGREGATE,
-                aggregate_id=str(task.id),
-                event_type=event_type,
-                payload={"task_id": str(task.id), "task_type": task.task_type, **extra},
-                idempotency_key=f"{AGGREGATE}:{task.id}:{suffix}",
-            ),
-            table=self._outbox_table,
-            registry=self._registry,
-        )
+        self._publish(c, outbox.Event(
+            tenant_id=task.tenant_id,
+            aggregate_type=AGGREGATE,
+            aggregate_id=str(task.id),
+            event_type=event_type,
+            payload={"task_id": str(task.id), "task_type": task.task_type, **extra},
+            idempotency_key=f"{AGGREGATE}:{task.id}:{suffix}",
+        ))

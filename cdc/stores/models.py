@@ -16,9 +16,8 @@ import psycopg
 from psycopg.rows import class_row
 
 from cdc import outbox
-from cdc.contracts import Registry
 from cdc.errors import StoreError
-from cdc.stores.base import Conn, Pool, as_uuid, transaction
+from cdc.stores.base import Conn, EventStore, as_uuid, transaction
 
 AGGREGATE = "mining_model"
 COLUMNS = "id, tenant_id, task_id, version, model_format, body, created_at"
@@ -47,16 +46,8 @@ class MiningModel:
     created_at: datetime
 
 
-class MiningModelStore:
+class MiningModelStore(EventStore):
     """Save model versions of mining tasks and read them back."""
-
-    def __init__(
-        self, pool: Pool, *, outbox_table: str = outbox.DEFAULT_TABLE,
-        registry: Registry | None = None,
-    ) -> None:
-        self._pool = pool
-        self._outbox_table = outbox_table
-        self._registry = registry or Registry()
 
     def save(
         self, tenant_id: str, task_id: UUID | str, model_format: str, body: bytes,
@@ -88,17 +79,13 @@ class MiningModelStore:
                     f"model format {model_format!r} is not a short lower-case name (bpmn, pnml)"
                 ) from None
             assert row is not None
-            outbox.emit(
-                c,
-                outbox.Event(
-                    tenant_id=tenant_id, aggregate_type=AGGREGATE, aggregate_id=str(tid),
-                    event_type="MINING_MODEL_SAVED",
-                    payload={"task_id": str(tid), "model_id": str(row.id),
-                             "version": row.version, "model_format": model_format},
-                    idempotency_key=f"{AGGREGATE}:{tid}:v{row.version}",
-                ),
-                table=self._outbox_table, registry=self._registry,
-            )
+            self._publish(c, outbox.Event(
+                tenant_id=tenant_id, aggregate_type=AGGREGATE, aggregate_id=str(tid),
+                event_type="MINING_MODEL_SAVED",
+                payload={"task_id": str(tid), "model_id": str(row.id),
+                         "version": row.version, "model_format": model_format},
+                idempotency_key=f"{AGGREGATE}:{tid}:v{row.version}",
+            ))
         return row
 
     def latest(self, tenant_id: str, task_id: UUID | str) -> MiningModel | None:
