@@ -118,13 +118,25 @@ class _AsyncSentinelPrimary(redis.asyncio.Redis):
             await c.aclose()
 
 
-def _sentinel(url: str, timeout: float) -> tuple[Sentinel, SentinelUrl]:
-    s = parse_sentinel(url)
+def _sentinel_kwargs(s: SentinelUrl, timeout: float) -> dict[str, Any]:
+    """Return the options of the connections to the Sentinels themselves."""
     kwargs: dict[str, Any] = {"socket_timeout": timeout,
                               "socket_connect_timeout": min(timeout, 5.0)}
     if s.sentinel_password:
         kwargs["password"] = s.sentinel_password
-    return Sentinel(s.sentinels, sentinel_kwargs=kwargs), s  # type: ignore[no-untyped-call]
+    return kwargs
+
+
+def _primary_kwargs(s: SentinelUrl, timeout: float) -> dict[str, Any]:
+    """Return the options of the connections to the primary a Sentinel names."""
+    return {"socket_timeout": timeout, "socket_connect_timeout": min(timeout, 5.0),
+            "db": s.db, "username": s.username, "password": s.password}
+
+
+def _sentinel(url: str, timeout: float) -> tuple[Sentinel, SentinelUrl]:
+    s = parse_sentinel(url)
+    sentinel = Sentinel(s.sentinels, sentinel_kwargs=_sentinel_kwargs(s, timeout))  # type: ignore[no-untyped-call]
+    return sentinel, s
 
 
 def pool(url: str, *, timeout: float) -> ConnectionPool:
@@ -132,8 +144,7 @@ def pool(url: str, *, timeout: float) -> ConnectionPool:
     if is_sentinel(url):
         sentinel, s = _sentinel(url, timeout)
         master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
-            s.service, socket_timeout=timeout, socket_connect_timeout=min(timeout, 5.0),
-            db=s.db, username=s.username, password=s.password,
+            s.service, **_primary_kwargs(s, timeout)
         )
         return master.connection_pool
     try:
@@ -185,9 +196,8 @@ def client(url: str, *, timeout: float, decode: bool = True) -> redis.Redis:
     if is_sentinel(url):
         sentinel, s = _sentinel(url, timeout)
         primary: _SentinelPrimary = sentinel.master_for(  # type: ignore[no-untyped-call]
-            s.service, redis_class=_SentinelPrimary, socket_timeout=timeout,
-            socket_connect_timeout=min(timeout, 5.0), db=s.db, username=s.username,
-            password=s.password, decode_responses=decode,
+            s.service, redis_class=_SentinelPrimary, decode_responses=decode,
+            **_primary_kwargs(s, timeout),
         )
         primary.watchers = sentinel
         return primary
@@ -204,17 +214,12 @@ def async_client(url: str, *, timeout: float, decode: bool = True) -> redis.asyn
     """Return a redis.asyncio client of one Redis or the Sentinel's primary."""
     if is_sentinel(url):
         s = parse_sentinel(url)
-        kwargs: dict[str, Any] = {"socket_timeout": timeout,
-                                  "socket_connect_timeout": min(timeout, 5.0)}
-        if s.sentinel_password:
-            kwargs["password"] = s.sentinel_password
         sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-            s.sentinels, sentinel_kwargs=kwargs
+            s.sentinels, sentinel_kwargs=_sentinel_kwargs(s, timeout)
         )
         aprimary: _AsyncSentinelPrimary = sentinel.master_for(
-            s.service, redis_class=_AsyncSentinelPrimary, socket_timeout=timeout,
-            socket_connect_timeout=min(timeout, 5.0), db=s.db, username=s.username,
-            password=s.password, decode_responses=decode,
+            s.service, redis_class=_AsyncSentinelPrimary, decode_responses=decode,
+            **_primary_kwargs(s, timeout),
         )
         aprimary.watchers = sentinel
         return aprimary
