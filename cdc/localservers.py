@@ -199,6 +199,10 @@ class LocalRedis:
             self.proc.wait(20)
         self.proc = None
 
+    def running(self) -> bool:
+        """Say whether the server process is alive."""
+        return self.proc is not None and self.proc.poll() is None
+
     def kill(self) -> None:
         """SIGKILL the server."""
         if self.proc and self.proc.poll() is None:
@@ -228,9 +232,11 @@ class LocalRedisCluster:
     """A Redis Cluster of `masters` masters with `replicas` replicas each, on loopback ports."""
 
     def __init__(
-        self, *, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 1000,
+        self, *, masters: int = 3, replicas: int = 1, node_timeout_ms: int = 5000,
         appendonly: bool = True,
     ) -> None:
+        # 5 s, not Redis' 15 s: failover tests pass 1000; below ~5 s a master that a loaded
+        # 2-core machine starves for a second fails over in the middle of a test that wants none.
         self.nodes = [
             LocalRedis(port=cluster_port(), appendonly=appendonly, args=(
                 "--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms),
@@ -239,6 +245,7 @@ class LocalRedisCluster:
             for _ in range(masters * (1 + replicas))
         ]
         self.replicas = replicas
+        self.masters = masters
 
     @property
     def url(self) -> str:
@@ -264,6 +271,20 @@ class LocalRedisCluster:
         while not all(self._synced(n) for n in self.nodes):
             if time.monotonic() > deadline:
                 raise RuntimeError("the Redis Cluster's replicas did not sync")
+            time.sleep(0.1)
+
+    def settled(self, timeout: float = 30.0) -> None:
+        """Wait until every node is ok and `masters` masters serve the slots."""
+        deadline = time.monotonic() + timeout
+        while True:
+            alive = [n for n in self.nodes if n.running()]
+            if all(self._ok(n) for n in alive):
+                with redis.Redis(port=alive[0].port, socket_timeout=2) as client:
+                    slots = client.execute_command("CLUSTER", "SLOTS")
+                if len({tuple(r[2][:2]) for r in slots}) == self.masters:
+                    return
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Redis Cluster did not settle on its masters")
             time.sleep(0.1)
 
     @staticmethod

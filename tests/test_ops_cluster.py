@@ -46,7 +46,8 @@ def cluster() -> Iterator[LocalRedisCluster]:
 
 @pytest.fixture
 def rc(cluster: LocalRedisCluster) -> Iterator[RedisCluster]:
-    """A cluster client on an emptied cluster."""
+    """A cluster client on an emptied cluster whose three masters all serve slots."""
+    cluster.settled()
     client = RedisCluster.from_url(cluster.url, decode_responses=True)
     client.flushall(target_nodes=RedisCluster.PRIMARIES)
     yield client
@@ -191,7 +192,7 @@ def test_doctor_checks_every_master(ccli: Cli, rc: RedisCluster) -> None:
 
 
 def test_doctor_names_a_master_without_replica_and_a_failed_cluster(ccli: Cli) -> None:
-    with LocalRedisCluster(masters=3, replicas=0) as bare:
+    with LocalRedisCluster(masters=3, replicas=0, node_timeout_ms=1000) as bare:
         ccli.settings = ccli.settings.model_copy(update={"redis_url": SecretStr(bare.url)})
         found = {f["check"]: f for f in ccli("doctor", "--json").json()}
         assert found["cluster_replicas"]["level"] == "FAIL"
