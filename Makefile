@@ -6,18 +6,18 @@ bootstrap:
 	@scripts/bootstrap
 
 demo: bootstrap
-	$(VENV)/python -m cdc.demo
+	$(VENV)/python -m devkit.demo
 
 # Seconds, no servers: lint, types and tests/unit (pure logic: checkpoint, routes, keys,
 # the error policy, contracts against their lean validators, no import cycle).
 check: bootstrap
-	$(VENV)/ruff check cdc tests bench
-	$(VENV)/mypy cdc
+	$(VENV)/ruff check cdc devkit tests bench
+	$(VENV)/mypy cdc devkit
 	$(VENV)/pytest -q -p no:cacheprovider tests/unit
 
 test: bootstrap
-	$(VENV)/ruff check cdc tests bench
-	$(VENV)/mypy cdc
+	$(VENV)/ruff check cdc devkit tests bench
+	$(VENV)/mypy cdc devkit
 	$(VENV)/pytest -q
 
 # Build the images and start the compose stack with podman; prove streaming, handover, stop.

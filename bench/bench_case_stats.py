@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.bench_case_stats [--quick] [--no-write-results]
 
-Starts its own throwaway PostgreSQL 15 (cdc.localservers.LocalPostgres, fsync=off) and
+Starts its own throwaway PostgreSQL 15 (devkit.localservers.LocalPostgres, fsync=off) and
 measures:
   read   one tenant's stats with 1,000,000 cases in core.core_case: vision.case_stats as
          Vision reads it (SET ROLE vision_reader + app.tenant_id) vs count(*), p50/p99;
@@ -29,9 +29,9 @@ from typing import Any
 
 import psycopg
 
-from cdc import migrate
-from cdc.localservers import LocalPostgres
+from cdc.pg import migrate
 from cdc.settings import SQL_DIR
+from devkit.localservers import LocalPostgres
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SECTION = "## Case statistics (issue 4)"
@@ -332,7 +332,7 @@ def render(read: dict[str, Any], write: dict[str, Runs], *, command: str,
         "Machine: the development box, 2 CPU cores shared by the server, pgbench, Python and"
         f" other engineers' test runs (load average {load[0]:.1f} at start, {load[1]:.1f} at"
         " end): expect run-to-run noise of +-20%; the 8-writer column lists every run.",
-        "PostgreSQL 15 from `cdc.localservers.LocalPostgres`: **fsync=off,"
+        "PostgreSQL 15 from `devkit.localservers.LocalPostgres`: **fsync=off,"
         " full_page_writes=off**, shared_buffers=128MB. Without fsync a commit costs no disk"
         " flush, so the trigger CPU is a *larger* share of each write here than on a"
         " production server; the ratios below are the pessimistic side.",

@@ -1,4 +1,4 @@
-"""Consumer throughput: entries/s handled and acked by cdc.consumer (issues 7 and 15).
+"""Consumer throughput: entries/s handled and acked by cdc.consumers.worker (issues 7 and 15).
 
 A throwaway redis-server holds one stream of relay-shaped entries; each scenario reads all
 of it through a fresh consumer group with a no-op handler, until every entry is acked.
@@ -19,10 +19,10 @@ from typing import Any
 import orjson
 import redis
 
-from cdc import keys
-from cdc.consumer import Consumer, Entry
-from cdc.localservers import LocalRedis
-from cdc.route import partition, partition_stream
+from cdc.consumers.worker import Consumer, Entry
+from cdc.pipeline.route import partition, partition_stream
+from cdc.streams import keys
+from devkit.localservers import LocalRedis
 
 STREAM = "axiom:core:events"
 

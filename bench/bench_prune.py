@@ -19,10 +19,10 @@ from typing import Any
 
 import psycopg
 
-from cdc import migrate
-from cdc.localservers import LocalPostgres
-from cdc.prune import prune
+from cdc.ops.prune import prune
+from cdc.pg import migrate
 from cdc.settings import SQL_DIR, Settings
+from devkit.localservers import LocalPostgres
 
 FILL = """
 INSERT INTO {t} (tenant_id, aggregate_type, aggregate_id, event_type, payload, status,

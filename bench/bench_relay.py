@@ -29,10 +29,10 @@ import psycopg
 import redis
 
 from bench import polling_reference
-from cdc import migrate, slots
-from cdc.localservers import LocalPostgres, LocalRedis
+from cdc.pg import migrate, slots
+from cdc.pipeline.source import ReplicationStream
 from cdc.settings import SQL_DIR, Settings
-from cdc.source import ReplicationStream
+from devkit.localservers import LocalPostgres, LocalRedis
 
 INSERT = (
     "INSERT INTO event_outbox (tenant_id, aggregate_type, aggregate_id, event_type, payload)"

@@ -23,9 +23,9 @@ import psycopg
 import redis
 
 from bench.bench_relay import backlog, latency, pct, run_once, start_relay
-from cdc import migrate, slots
-from cdc.localservers import LocalPostgres, LocalRedis, LocalRedisCluster
+from cdc.pg import migrate, slots
 from cdc.settings import SQL_DIR, Settings
+from devkit.localservers import LocalPostgres, LocalRedis, LocalRedisCluster
 
 ROUTES8 = "WATCH_*=axiom:watches,WORKER_*=axiom:workers,*=axiom:core:events/8"
 

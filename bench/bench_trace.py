@@ -21,13 +21,14 @@ from typing import Any
 
 import psycopg
 
-from cdc import luascripts, migrate
-from cdc.checkpoint import Batch
-from cdc.decode import Decoder, OutboxEvent
-from cdc.localservers import LocalPostgres
-from cdc.metrics import Metrics
-from cdc.relay import Publisher
+from cdc.observe.metrics import Metrics
+from cdc.pg import migrate
+from cdc.pipeline.checkpoint import Batch
+from cdc.pipeline.decode import Decoder, OutboxEvent
+from cdc.pipeline.relay import Publisher
 from cdc.settings import SQL_DIR, Settings
+from cdc.streams import luascripts
+from devkit.localservers import LocalPostgres
 
 OPTIONS = ("'format-version', '2', 'add-tables', 'public.event_outbox', 'actions', 'insert',"
            " 'include-lsn', 'true', 'include-timestamp', 'true', 'include-types', 'false',"

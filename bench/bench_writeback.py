@@ -2,7 +2,7 @@
 
 Before 005 a partial index on `status` and full pages make every write-back a non-HOT
 update (new index entries, more WAL); after 005 it is updated in place. Same machine, same
-run, same rows; the UPDATE is the relay's own (cdc.writeback), in batches of 500.
+run, same rows; the UPDATE is the relay's own (cdc.pipeline.writeback), in batches of 500.
 
     .venv/bin/python -m bench.bench_writeback [--rows 200000]
 """
@@ -15,10 +15,10 @@ from typing import Any
 
 import psycopg
 
-from cdc import migrate
-from cdc.localservers import LocalPostgres
+from cdc.pg import migrate
+from cdc.pipeline.writeback import configure, id_list, mark_published
 from cdc.settings import SQL_DIR
-from cdc.writeback import configure, id_list, mark_published
+from devkit.localservers import LocalPostgres
 
 BEFORE_005 = (
     "ALTER TABLE t_outbox SET (fillfactor = 100)",

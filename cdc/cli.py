@@ -16,8 +16,9 @@ from collections.abc import Sequence
 import argcomplete
 from pydantic import SecretStr, ValidationError
 
-from cdc import commands, logs
+from cdc import commands
 from cdc.errors import CdcError, ConfigError
+from cdc.observe import logs
 from cdc.settings import Settings
 
 DESCRIPTION = "axiom-cdc: stream event_outbox inserts from PostgreSQL into Redis Streams."

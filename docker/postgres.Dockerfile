@@ -1,8 +1,8 @@
 # PostgreSQL 15 from Debian with wal2json and the server settings the relay needs.
 # Build from the repository root: podman build -f docker/postgres.Dockerfile -t axiom-cdc-postgres .
 # Same packages as scripts/bootstrap (postgresql-$PG_MAJOR, postgresql-$PG_MAJOR-wal2json).
-# The settings come from cdc/serverconf.py, rendered into docker/postgres/*.conf
-# (`python -m cdc.serverconf --write docker/postgres`; tests/test_deploy.py checks they match).
+# The settings come from cdc/pg/serverconf.py, rendered into docker/postgres/*.conf
+# (`python -m cdc.pg.serverconf --write docker/postgres`; tests/test_deploy.py checks they match).
 FROM debian:bookworm-slim
 ARG PG_MAJOR=15
 RUN apt-get update \

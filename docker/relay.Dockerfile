@@ -20,7 +20,6 @@ RUN if [ -z "$PIP_CERT" ]; then unset PIP_CERT; fi \
  && /opt/axiom-cdc/bin/pip install --no-cache-dir --disable-pip-version-check -r constraints.txt
 COPY pyproject.toml README.md ./
 COPY cdc ./cdc
-COPY sql ./sql
 COPY docker/migrate.sh docker/relay-role.sql ./docker/
 RUN /opt/axiom-cdc/bin/pip install --no-cache-dir --disable-pip-version-check --no-deps \
     -c constraints.txt . \
@@ -28,7 +27,7 @@ RUN /opt/axiom-cdc/bin/pip install --no-cache-dir --disable-pip-version-check --
  && rm -rf /app/build /app/cdc /app/*.egg-info
 USER 10001:10001
 ENV PATH=/opt/axiom-cdc/bin:$PATH PYTHONDONTWRITEBYTECODE=1 \
-    CDC_METRICS_PORT=9108 CDC_METRICS_ADDR=0.0.0.0 CDC_MIGRATIONS_DIR=/app/sql
+    CDC_METRICS_PORT=9108 CDC_METRICS_ADDR=0.0.0.0
 EXPOSE 9108
 STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=5s --timeout=3s --start-period=10s --retries=3 CMD ["cdc", "healthcheck"]

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 import psycopg
 import redis
 
-from cdc.route import Router
+from cdc.pipeline.route import Router
 from cdc.settings import DEFAULT_ROUTES
 from tests.relayutil import STREAMS, slot_lag, stream_events, wait_for
 

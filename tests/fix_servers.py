@@ -17,9 +17,9 @@ import psycopg
 import pytest
 import redis
 
-from cdc import migrate
-from cdc.localservers import LocalPostgres, LocalRedis
+from cdc.pg import migrate
 from cdc.settings import SQL_DIR, Settings
+from devkit.localservers import LocalPostgres, LocalRedis
 from tests.opsutil import Cli
 
 TEMPLATE_DB = "cdc_template"

@@ -17,9 +17,9 @@ import time
 import orjson
 import redis
 
-from cdc import keys
 from cdc.commands import stop_on_signals
-from cdc.consumer import Consumer, Entry
+from cdc.consumers.worker import Consumer, Entry
+from cdc.streams import keys
 
 ROUTE = "axiom:core:events"
 RECORD_LUA = """

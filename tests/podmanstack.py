@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from cdc.localservers import free_port
+from devkit.localservers import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE = ROOT / "docker" / "docker-compose.yml"

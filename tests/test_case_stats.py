@@ -17,9 +17,9 @@ import psycopg
 import pytest
 from psycopg import errors as pg_errors
 
-from cdc import casestats
-from cdc.contracts import Registry
+from cdc.domain import casestats
 from cdc.errors import ConfigError
+from cdc.pipeline.contracts import Registry
 
 TENANTS = ["acme", "globex", "initech", "umbrella"]
 STATUSES = ["OPEN", "IN_PROGRESS", "ON_HOLD", "CLOSED"]

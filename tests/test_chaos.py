@@ -20,8 +20,8 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from cdc.localservers import LocalRedis
 from cdc.settings import Settings
+from devkit.localservers import LocalRedis
 from tests.chaosutil import (
     BIG_LIMIT,
     Figures,

@@ -13,8 +13,8 @@ import orjson
 import redis
 from prometheus_client import generate_latest
 
-from cdc.consumer import Consumer, Entry, consumer_registry
-from cdc.examples import SynapseMiner, WatchCep, run_example
+from cdc.consumers.examples import SynapseMiner, WatchCep, run_example
+from cdc.consumers.worker import Consumer, Entry, consumer_registry
 from tests.relayutil import wait_for
 
 STREAM = "axiom:core:events"
@@ -59,7 +59,7 @@ def test_consumer_killed_mid_batch_is_taken_over_by_another(
     log = tmp_path / "c1.handled"
     script = (
         "import sys, time\n"
-        "from cdc.consumer import Consumer\n"
+        "from cdc.consumers.worker import Consumer\n"
         "def h(e):\n"
         f"    open({str(log)!r}, 'a').write(e.event_id + '\\n'); time.sleep(0.02)\n"
         f"Consumer(redis_url={redis_url!r}, group='g', streams=[{STREAM!r}], handler=h,\n"
@@ -186,7 +186,7 @@ def test_example_consumers_for_both_groups(redis_url: str, rds: redis.Redis) -> 
 
 
 def test_consumer_rides_out_a_redis_restart() -> None:
-    from cdc.localservers import LocalRedis
+    from devkit.localservers import LocalRedis
 
     with LocalRedis(appendonly=True) as server:
         rds = redis.Redis.from_url(server.url, decode_responses=True)

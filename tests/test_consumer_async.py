@@ -8,8 +8,8 @@ import time
 
 import redis
 
-from cdc.consumer import AsyncConsumer, Consumer, Entry
-from cdc.localservers import LocalRedis
+from cdc.consumers.worker import AsyncConsumer, Consumer, Entry
+from devkit.localservers import LocalRedis
 from tests.test_consumer import STREAM, fill, pending
 
 

@@ -7,8 +7,8 @@ from typing import Any
 import orjson
 import pytest
 
-from cdc.decode import Commit, Decoder, OutboxEvent, dedup_key
 from cdc.errors import SourceError
+from cdc.pipeline.decode import Commit, Decoder, OutboxEvent, dedup_key
 
 TS = "2026-11-26 12:32:07.080759+00"
 

@@ -17,12 +17,12 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from cdc import keys, luascripts
 from cdc.errors import SinkError
-from cdc.localservers import LocalPostgres, LocalRedis, free_port
-from cdc.redisconn import translate
+from cdc.pipeline.sink import ENTRY_FIELDS, PUBLISH, RedisSink
 from cdc.settings import Settings
-from cdc.sink import ENTRY_FIELDS, PUBLISH_LUA, RedisSink
+from cdc.streams import keys, luascripts
+from cdc.streams.redisconn import translate
+from devkit.localservers import LocalPostgres, LocalRedis, free_port
 from tests.chaosutil import assert_published_rows_have_entries
 from tests.opsutil import Cli
 from tests.relayutil import cdc, insert_cases, relay, slot_active, stream_events, wait_for
@@ -61,7 +61,8 @@ def test_error_reply_to_a_batch_refuses_every_later_batch_of_its_stream(
 
 def test_publish_script_keeps_the_mark_at_what_landed(rds: redis.Redis) -> None:
     """The script refuses a gap whole and, on a failing XADD, marks exactly what landed."""
-    sha = rds.script_load(PUBLISH_LUA)
+    sha = rds.script_load(PUBLISH.text)
+    assert sha == PUBLISH.sha
     names = luascripts.pack(ENTRY_FIELDS)
     stream, hwm = "s:x", keys.hwm("s:x")
     entries = [_entry("k1", "e1"), ["k2", "e2"], _entry("k3", "e3")]
@@ -153,7 +154,7 @@ def _three_transactions() -> list[str]:
 
 
 def _migrated_db(pg: LocalPostgres) -> str:
-    from cdc import migrate
+    from cdc.pg import migrate
     from tests.fix_servers import SQL_DIR
 
     with psycopg.connect(pg.dsn, autocommit=True) as conn:
@@ -247,7 +248,7 @@ def test_least_privilege_role_runs_the_relay_and_doctor_names_a_revoked_grant(
 
 
 def test_migration_006_grants_cdc_relay_exactly_what_doctor_checks(pg_dsn: str) -> None:
-    from cdc import privileges
+    from cdc.pg import privileges
 
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         granted = {

@@ -8,7 +8,7 @@ import sys
 
 def test_demo_runs_end_to_end() -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "cdc.demo"], capture_output=True, text=True, timeout=180
+        [sys.executable, "-m", "devkit.demo"], capture_output=True, text=True, timeout=180
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "consumer group synapse_group    received 400 entries" in proc.stdout

@@ -12,8 +12,8 @@ from typing import Any
 
 import yaml
 
-from cdc import serverconf
-from cdc.metrics import Metrics
+from cdc.observe.metrics import Metrics
+from cdc.pg import serverconf
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"

@@ -22,7 +22,7 @@ import psycopg
 import pytest
 import redis
 
-from cdc import serverconf
+from cdc.pg import serverconf
 from tests.podmanstack import ROOT, Stack, podman
 
 pytestmark = pytest.mark.deploy

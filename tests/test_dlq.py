@@ -5,10 +5,10 @@ from __future__ import annotations
 import psycopg
 import redis
 
-from cdc import keys
-from cdc.redisconn import connect
-from cdc.republish import Republisher, Row
 from cdc.settings import Settings
+from cdc.streams import keys
+from cdc.streams.redisconn import connect
+from cdc.streams.republish import Republisher, Row
 from tests.opsutil import Cli
 from tests.relayutil import cdc, stream_events
 

@@ -11,8 +11,8 @@ import pytest
 import redis
 from pydantic import SecretStr
 
-from cdc.localservers import LocalPostgres, LocalRedis, free_port
 from cdc.settings import Settings
+from devkit.localservers import LocalPostgres, LocalRedis, free_port
 from tests.opsutil import Cli
 
 _roles = itertools.count(1)

@@ -7,7 +7,7 @@ from typing import Any
 import psycopg
 import redis
 
-from cdc.localservers import LocalRedis
+from devkit.localservers import LocalRedis
 
 
 def test_wal_level_is_logical(pg_dsn: str) -> None:

@@ -12,12 +12,12 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
-from cdc import health
 from cdc.errors import ConfigError
-from cdc.localservers import free_port
-from cdc.metrics import Metrics
-from cdc.sampler import Sampler
+from cdc.observe import health
+from cdc.observe.metrics import Metrics
+from cdc.observe.sampler import Sampler
 from cdc.settings import Settings
+from devkit.localservers import free_port
 from tests.relayutil import cdc, insert_cases, relay, wait_for
 
 
@@ -131,7 +131,7 @@ def test_sampler_keeps_postgres_gauges_true_while_redis_is_down(
     })
     metrics = Metrics()
     sampler = Sampler(broken, metrics, threading.Event(), interval=60)
-    with caplog.at_level(logging.INFO, logger="cdc.sampler"):
+    with caplog.at_level(logging.INFO, logger="cdc.observe.sampler"):
         sampler.sample()
         sampler.sample()
     dead.close()

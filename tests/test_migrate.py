@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from cdc import migrate
+from cdc.pg import migrate
 from cdc.settings import SQL_DIR
 
 

@@ -13,10 +13,10 @@ import pytest
 import redis
 from psycopg_pool import ConnectionPool
 
-from cdc import keys
+from cdc.domain.stores.base import Pool
+from cdc.domain.stores.mining import MiningStore
 from cdc.settings import Settings
-from cdc.stores.base import Pool
-from cdc.stores.mining import MiningStore
+from cdc.streams import keys
 
 
 @pytest.fixture

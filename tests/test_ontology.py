@@ -11,12 +11,13 @@ import psycopg
 import pytest
 import redis
 
-from cdc import keys, ontology, outbox
-from cdc.consumer import Consumer
-from cdc.contracts import Registry
+from cdc.consumers.worker import Consumer
+from cdc.domain import ontology, outbox
 from cdc.errors import EventError
-from cdc.localservers import LocalRedis
+from cdc.pipeline.contracts import Registry
 from cdc.settings import Settings
+from cdc.streams import keys
+from devkit.localservers import LocalRedis
 from tests.relayutil import cdc
 
 STRICT = Registry(unknown="dead_letter")

@@ -16,13 +16,13 @@ import redis
 from pydantic import SecretStr
 from redis.cluster import RedisCluster
 
-from cdc import keys, redisconn
-from cdc.localservers import LocalRedisCluster
-from cdc.metrics import Metrics
-from cdc.queryjobs import QueryJob, QueryJobStore
-from cdc.sampler import Sampler
+from cdc.domain.queryjobs import QueryJob, QueryJobStore
+from cdc.observe.metrics import Metrics
+from cdc.observe.sampler import Sampler
+from cdc.ops.trim import Trimmer
 from cdc.settings import Settings
-from cdc.trim import Trimmer
+from cdc.streams import keys, redisconn
+from devkit.localservers import LocalRedisCluster
 from tests.chaosutil import assert_published_rows_have_entries
 from tests.opsutil import Cli
 from tests.relayutil import STREAMS, cdc, stream_events

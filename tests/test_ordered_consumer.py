@@ -16,11 +16,12 @@ import orjson
 import psycopg
 import redis
 
-from cdc import keys, status
-from cdc.consumer import AsyncConsumer, Consumer, Entry
-from cdc.leases import fair_share
-from cdc.route import partition, partition_stream
+from cdc.consumers.leases import fair_share
+from cdc.consumers.worker import AsyncConsumer, Consumer, Entry
+from cdc.ops import status
+from cdc.pipeline.route import partition, partition_stream
 from cdc.settings import Settings
+from cdc.streams import keys
 from tests.relayutil import cdc, relay_env, wait_for
 
 ROUTE = "axiom:core:events"

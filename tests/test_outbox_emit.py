@@ -1,4 +1,4 @@
-"""`cdc.outbox.emit`: one row in the caller's transaction, validated before the insert."""
+"""`cdc.domain.outbox.emit`: one row in the caller's transaction, validated before the insert."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from dataclasses import replace
 import psycopg
 import pytest
 
-from cdc.contracts import Registry
+from cdc.domain.outbox import Event, emit
 from cdc.errors import ConfigError, EventError
-from cdc.outbox import Event, emit
+from cdc.pipeline.contracts import Registry
 
 DONE = Event(
     tenant_id="t1", aggregate_type="mining_task", aggregate_id="task-1",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import psycopg
 
-from cdc.sampler import count_pending
-from cdc.writeback import configure, id_list, mark_published
+from cdc.observe.sampler import count_pending
+from cdc.pipeline.writeback import configure, id_list, mark_published
 
 INSERT = (
     "INSERT INTO event_outbox (tenant_id, aggregate_type, aggregate_id, event_type, payload,"

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from cdc.localservers import free_port
 from cdc.settings import Settings
+from devkit.localservers import free_port
 from tests.relayutil import insert_cases, relay, wait_for
 
 DOCKER = Path(__file__).resolve().parent.parent / "docker"

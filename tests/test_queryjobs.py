@@ -7,9 +7,9 @@ import time
 import pytest
 import redis
 
-from cdc import keys
+from cdc.domain.queryjobs import QueryJob, QueryJobStore
 from cdc.errors import StoreError
-from cdc.queryjobs import QueryJob, QueryJobStore
+from cdc.streams import keys
 
 
 def test_save_get_and_default_ttl(rds: redis.Redis) -> None:

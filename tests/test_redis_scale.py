@@ -16,11 +16,11 @@ import redis
 from pydantic import SecretStr
 from redis.cluster import RedisCluster
 
-from cdc import keys
-from cdc.localservers import LocalRedis, LocalRedisCluster
-from cdc.redisconn import is_cluster
+from cdc.pipeline.sink import RedisSink
 from cdc.settings import Settings
-from cdc.sink import RedisSink
+from cdc.streams import keys
+from cdc.streams.redisconn import is_cluster
+from devkit.localservers import LocalRedis, LocalRedisCluster
 from tests.chaosutil import assert_published_rows_have_entries
 from tests.relayutil import cdc, insert_cases, relay, slot_lag, stream_events, wait_for
 
@@ -186,7 +186,7 @@ def test_wait_for_a_replica_holds_the_confirmation_until_it_answers(
 
 
 def test_partition_function_matches_its_documented_vectors() -> None:
-    from cdc.route import partition
+    from cdc.pipeline.route import partition
 
     text = (Path(__file__).resolve().parent.parent / "docs" / "architecture.md").read_text()
     vectors = [

@@ -10,15 +10,15 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
+from cdc.domain.stores import models as models_mod
+from cdc.domain.stores.base import Pool
+from cdc.domain.stores.crypto import Cipher, generate_key
+from cdc.domain.stores.datasources import DataSourceStore
+from cdc.domain.stores.glossary import GlossaryStore
+from cdc.domain.stores.materialized import MaterializedTableStore
+from cdc.domain.stores.mining import MiningStore
+from cdc.domain.stores.models import MiningModelStore
 from cdc.errors import StoreError
-from cdc.stores import models as models_mod
-from cdc.stores.base import Pool
-from cdc.stores.crypto import Cipher, generate_key
-from cdc.stores.datasources import DataSourceStore
-from cdc.stores.glossary import GlossaryStore
-from cdc.stores.materialized import MaterializedTableStore
-from cdc.stores.mining import MiningStore
-from cdc.stores.models import MiningModelStore
 
 CONFIG = {"host": "erp.internal", "password": "pw"}
 BPMN = b"<definitions><process id='p'/></definitions>"

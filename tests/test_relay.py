@@ -182,7 +182,7 @@ def test_duplicate_idempotency_key_fails_in_the_producer_transaction(pg_dsn: str
 
 
 def test_sink_replay_of_a_published_batch_adds_nothing(redis_url: str, rds: redis.Redis) -> None:
-    from cdc.sink import RedisSink
+    from cdc.pipeline.sink import RedisSink
 
     sink = RedisSink(redis_url)
     sink.connect()
@@ -268,7 +268,7 @@ def test_metrics_endpoint_exports_the_seed_metrics(
 ) -> None:
     import urllib.request
 
-    from cdc.localservers import free_port
+    from devkit.localservers import free_port
 
     port = free_port()
     with relay(settings, CDC_METRICS_PORT=str(port), CDC_METRICS_SAMPLE_S="0.2"):
@@ -335,7 +335,7 @@ def test_recreated_slot_behind_old_marks_is_not_mistaken_for_a_replay(
     assert cdc(settings, "slot", "create").returncode == 0
     insert_cases(pg_dsn, 5)
     assert cdc(settings, "run", "--once").returncode == 0
-    from cdc import keys
+    from cdc.streams import keys
 
     mark = rds.get(keys.hwm("axiom:core:events"))  # format 2: the stream in a hash tag
     assert mark is not None
@@ -394,7 +394,7 @@ def test_backfill_waits_for_a_locked_row_instead_of_skipping_it(
 
 
 def test_redis_url_redaction_hides_passwords_anywhere() -> None:
-    from cdc.redisconn import redact_url
+    from cdc.streams.redisconn import redact_url
 
     assert "s3cret" not in redact_url("redis://user:s3cret@h:6379/0")
     assert "s3cret" not in redact_url("redis://h:6379/0?password=s3cret")

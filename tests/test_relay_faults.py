@@ -11,8 +11,8 @@ from pathlib import Path
 import redis
 from pydantic import SecretStr
 
-from cdc.localservers import LocalRedis
 from cdc.settings import Settings
+from devkit.localservers import LocalRedis
 from tests.chaosutil import Producer
 from tests.relayutil import (
     cdc,

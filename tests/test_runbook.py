@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from cdc.cli import build_parser
-from cdc.stores import crypto
+from cdc.domain.stores import crypto
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNBOOK = ROOT / "docs" / "runbook.md"

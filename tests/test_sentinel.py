@@ -13,10 +13,10 @@ import orjson
 import pytest
 from pydantic import SecretStr
 
-from cdc import redisconn
 from cdc.errors import ConfigError
-from cdc.localservers import LocalRedisSentinel
 from cdc.settings import Settings
+from cdc.streams import redisconn
+from devkit.localservers import LocalRedisSentinel
 from tests.chaosutil import Producer, check_invariants
 from tests.opsutil import Cli
 from tests.relayutil import STREAMS, cdc, relay, wait_for

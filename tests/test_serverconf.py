@@ -9,9 +9,10 @@ import psycopg
 import pytest
 from pydantic import SecretStr
 
-from cdc import doctor, serverconf
-from cdc.localservers import LocalPostgres, pg_bindir
+from cdc.ops import doctor
+from cdc.pg import serverconf
 from cdc.settings import Settings
+from devkit.localservers import LocalPostgres, pg_bindir
 
 DEBIAN_DEFAULT = "output_plugin_libraries = 'pgoutput, test_decoding'"
 

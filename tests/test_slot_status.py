@@ -81,7 +81,7 @@ def test_status_one_screen_relay_up_down_groups_and_watch(
 
 
 def test_status_reports_unreachable_redis_as_a_problem(cli: Cli) -> None:
-    from cdc.localservers import free_port
+    from devkit.localservers import free_port
 
     res = cli("status", CDC_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
     assert res.code == 1 and "Redis: CDC_REDIS_URL: cannot reach" in res.out

@@ -1,4 +1,4 @@
-"""cdc.sqla: emit inside SQLAlchemy Session and AsyncSession transactions (psycopg 3 driver)."""
+"""cdc.domain.sqla: emit inside SQLAlchemy Session and AsyncSession transactions (psycopg 3)."""
 
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
-from cdc.contracts import Registry
+from cdc.domain.outbox import Event
+from cdc.domain.sqla import emit, emit_async
 from cdc.errors import ConfigError, EventError
-from cdc.outbox import Event
-from cdc.sqla import emit, emit_async
+from cdc.pipeline.contracts import Registry
 
 STRICT = Registry(unknown="dead_letter")
 

@@ -13,12 +13,12 @@ import psycopg
 import pytest
 from psycopg_pool import ConnectionPool
 
+from cdc.domain.stores.base import Pool
+from cdc.domain.stores.crypto import Cipher, generate_key
+from cdc.domain.stores.datasources import DataSourceStore, rotate_key
+from cdc.domain.stores.glossary import GlossaryStore
+from cdc.domain.stores.mining import MiningStore
 from cdc.errors import ConfigError, DecryptError, StoreError
-from cdc.stores.base import Pool
-from cdc.stores.crypto import Cipher, generate_key
-from cdc.stores.datasources import DataSourceStore, rotate_key
-from cdc.stores.glossary import GlossaryStore
-from cdc.stores.mining import MiningStore
 
 CONFIG = {"host": "db.internal.example", "port": 5432, "user": "weaver_reader",
           "password": "s3cret-Passw0rd!", "database": "warehouse"}

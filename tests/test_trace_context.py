@@ -16,11 +16,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 
-from cdc import keys, migrate, outbox
-from cdc.consumer import AsyncConsumer, Consumer, Entry
+from cdc.consumers.worker import AsyncConsumer, Consumer, Entry
+from cdc.domain import outbox
+from cdc.domain.sqla import emit_async
 from cdc.errors import ConfigError
+from cdc.pg import migrate
 from cdc.settings import SQL_DIR, Settings
-from cdc.sqla import emit_async
+from cdc.streams import keys
 from tests.relayutil import cdc
 from tests.test_outbox_schema import add
 

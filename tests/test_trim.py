@@ -9,7 +9,7 @@ import sys
 import redis
 from prometheus_client import generate_latest
 
-from cdc.trim import Trimmer, trim_registry
+from cdc.ops.trim import Trimmer, trim_registry
 from tests.test_consumer import STREAM, fill
 
 

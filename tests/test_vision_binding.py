@@ -13,7 +13,7 @@ import psycopg
 import pytest
 from psycopg import errors as pg_errors
 
-from cdc import casestats
+from cdc.domain import casestats
 from cdc.errors import ConfigError
 
 Q = "SELECT tenant_id, total_cases, active_cases FROM vision.case_stats ORDER BY 1"

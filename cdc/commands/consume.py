@@ -9,7 +9,7 @@ import orjson
 from prometheus_client import start_http_server
 
 from cdc.commands import stop_on_signals
-from cdc.consumer import Consumer, Entry, consumer_registry
+from cdc.consumers.worker import Consumer, Entry, consumer_registry
 from cdc.settings import Settings
 
 

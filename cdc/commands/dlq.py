@@ -7,8 +7,10 @@ import sys
 
 import orjson
 
-from cdc import db, dlq, keys, redisconn
+from cdc.ops import dlq
+from cdc.pg import db
 from cdc.settings import Settings
+from cdc.streams import keys, redisconn
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -6,7 +6,7 @@ import argparse
 
 import orjson
 
-from cdc import doctor
+from cdc.ops import doctor
 from cdc.settings import Settings
 
 

@@ -6,7 +6,7 @@ import argparse
 
 import orjson
 
-from cdc import migrate
+from cdc.pg import migrate
 from cdc.settings import Settings
 
 

@@ -8,10 +8,12 @@ import sys
 
 import orjson
 
-from cdc import db, keys, ontology, redisconn
 from cdc.commands import stop_on_signals
-from cdc.consumer import Consumer
+from cdc.consumers.worker import Consumer
+from cdc.domain import ontology
+from cdc.pg import db
 from cdc.settings import Settings
+from cdc.streams import keys, redisconn
 
 GROUP = "synapse_ontology_group"
 

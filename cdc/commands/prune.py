@@ -6,10 +6,10 @@ import argparse
 
 import orjson
 
-from cdc import db
-from cdc import prune as prunelib
 from cdc.commands import checked
 from cdc.errors import ConfigError
+from cdc.ops import prune as prunelib
+from cdc.pg import db
 from cdc.settings import Settings
 from cdc.when import parse_duration
 

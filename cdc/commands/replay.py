@@ -7,10 +7,11 @@ import sys
 
 import orjson
 
-from cdc import db, redisconn, redisstate
-from cdc import replay as replaylib
 from cdc.commands import checked
+from cdc.ops import replay as replaylib
+from cdc.pg import db
 from cdc.settings import Settings
+from cdc.streams import redisconn, redisstate
 from cdc.when import parse_time
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import logging
 
-from cdc import health
 from cdc.commands import stop_on_signals
-from cdc.metrics import Metrics
-from cdc.relay import Relay
-from cdc.sampler import Sampler
+from cdc.observe import health
+from cdc.observe.metrics import Metrics
+from cdc.observe.sampler import Sampler
+from cdc.pipeline.relay import Relay
 from cdc.settings import Settings, redact
 
 log = logging.getLogger("cdc.run")

@@ -7,7 +7,7 @@ import sys
 
 import orjson
 
-from cdc import db, slots
+from cdc.pg import db, slots
 from cdc.settings import Settings
 
 

@@ -6,7 +6,7 @@ import argparse
 
 import orjson
 
-from cdc import casestats
+from cdc.domain import casestats
 from cdc.settings import Settings
 
 

@@ -8,7 +8,7 @@ import time
 
 import orjson
 
-from cdc import status
+from cdc.ops import status
 from cdc.settings import Settings
 
 CLEAR = "\x1b[H\x1b[2J"

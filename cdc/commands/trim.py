@@ -9,9 +9,9 @@ import orjson
 from prometheus_client import start_http_server
 
 from cdc.commands import stop_on_signals
-from cdc.route import Router
+from cdc.ops.trim import Trimmer, trim_registry
+from cdc.pipeline.route import Router
 from cdc.settings import Settings
-from cdc.trim import Trimmer, trim_registry
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

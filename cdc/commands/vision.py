@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cdc import casestats
+from cdc.domain import casestats
 from cdc.settings import Settings
 
 

@@ -14,11 +14,11 @@ from collections import Counter
 
 import psycopg
 
-from cdc import db
+from cdc.domain.stores import crypto
+from cdc.domain.stores.datasources import open_config, rotate_key
 from cdc.errors import ConfigError, DecryptError, StoreError
+from cdc.pg import db
 from cdc.settings import Settings
-from cdc.stores import crypto
-from cdc.stores.datasources import open_config, rotate_key
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from cdc.checkpoint import Batch, Checkpoint
+from cdc.pipeline.checkpoint import Batch, Checkpoint
 
 
 def test_a_batch_confirms_the_last_commit_decoded_before_its_seal() -> None:

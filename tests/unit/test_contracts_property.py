@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from cdc.contracts import DEFAULT_CONTRACTS, Contract, _lean_validator, key_text
+from cdc.pipeline.contracts import DEFAULT_CONTRACTS, Contract, _lean_validator, key_text
 
 LEAN = {t: (m, v) for t, m in DEFAULT_CONTRACTS.items() if (v := _lean_validator(m))}
 scalars = st.one_of(

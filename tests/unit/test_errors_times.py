@@ -7,7 +7,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from cdc import lsn
 from cdc.backoff import Backoff
 from cdc.errors import (
     Action,
@@ -22,6 +21,7 @@ from cdc.errors import (
     StoreError,
     policy,
 )
+from cdc.pg import lsn
 from cdc.when import parse_duration, parse_time
 
 

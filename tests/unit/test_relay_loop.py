@@ -13,13 +13,13 @@ from typing import Any
 import orjson
 import pytest
 
-from cdc import lsn as lsnlib
-from cdc.checkpoint import Checkpoint
 from cdc.errors import SinkError
-from cdc.metrics import Metrics
-from cdc.relay import Publisher, Session
+from cdc.observe.metrics import Metrics
+from cdc.pg import lsn as lsnlib
+from cdc.pipeline.checkpoint import Checkpoint
+from cdc.pipeline.relay import Publisher, Session
+from cdc.pipeline.source import Keepalive
 from cdc.settings import Settings
-from cdc.source import Keepalive
 
 Replies = tuple[tuple[int, int], ...]
 

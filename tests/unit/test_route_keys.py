@@ -6,9 +6,9 @@ import zlib
 
 import pytest
 
-from cdc import keys
 from cdc.errors import ConfigError, EventError
-from cdc.route import Router, partition
+from cdc.pipeline.route import Router, partition
+from cdc.streams import keys
 
 
 def test_first_matching_rule_wins_and_unrouted_types_are_event_errors() -> None:

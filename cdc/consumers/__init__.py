@@ -1,0 +1,1 @@
+"""Consumer groups: the worker (plain and ordered), leases, fenced steps, the example consumers."""

@@ -1,0 +1,275 @@
+"""Synapse's ontology cache in Redis: case nodes, role nodes and HAS_ROLE relationships.
+
+Built from three core events (contracts in cdc/contracts.py):
+
+    CASE_CREATED          {case_id, status, at}   case node
+    CASE_STATUS_CHANGED   {case_id, to_status, at} the case node's status
+    CASE_ROLE_ASSIGNED    {case_id, role_id, role_name, assignee_id?, at?}
+                          role node + case -[HAS_ROLE {assignee_id}]-> role
+
+Every node and edge keeps the order `v` of the event that last wrote it (payload `at`,
+else the outbox row's created_at in microseconds) and lua/ontology_apply.lua writes only a
+newer one: redelivered, reclaimed or replayed events change nothing, in any order. The key
+schema is keys.OntologyKeys. `rebuild` deletes a tenant's keys and applies the outbox rows
+again through the replay path's reader (replay.pages); `digest` hashes what a cache holds,
+so a rebuilt copy can be compared with the live one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+import redis
+
+from cdc.consumers.worker import Entry
+from cdc.errors import EventError
+from cdc.ops import replay as replaylib
+from cdc.pg import db
+from cdc.settings import Settings
+from cdc.streams import keys, luascripts
+from cdc.streams.redisconn import redis_errors
+from cdc.streams.republish import Row
+
+EVENT_TYPES = ("CASE_CREATED", "CASE_STATUS_CHANGED", "CASE_ROLE_ASSIGNED")
+APPLY_LUA = luascripts.source("ontology_apply")
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+
+
+def order_of(event_type: str, payload: dict[str, Any], created_at: str) -> int:
+    """Return an event's order: payload `at` (µs) or, failing that, created_at in µs.
+
+    Rows written before sql/008 have no `at`; their status change counts 1 µs after a
+    creation in the same transaction (same created_at).
+    """
+    at = payload.get("at")
+    if isinstance(at, int) and not isinstance(at, bool):
+        return at
+    try:
+        ts = datetime.fromisoformat(created_at)
+    except ValueError:
+        raise EventError(f"event has neither `at` nor a readable created_at ({created_at!r})"
+                         ) from None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=UTC)
+    return (ts - _EPOCH) // _US + (event_type == "CASE_STATUS_CHANGED")
+
+
+@dataclass(slots=True)
+class Applied:
+    """What applying events did."""
+
+    written: int = 0  # node or edge hashes written
+    stale: int = 0  # hashes left alone: they already held a newer event
+    ignored: int = 0  # events of other types
+    tenants: set[str] = field(default_factory=set)
+
+
+class OntologyCache:
+    """Apply core events to the cache under `ns`; a Consumer handler as `handle`."""
+
+    def __init__(self, client: redis.Redis, *, ns: str = keys.ONTOLOGY_NS) -> None:
+        self._r = client
+        self.keys = keys.OntologyKeys(ns)
+        with redis_errors("SCRIPT LOAD"):
+            self._apply = client.register_script(APPLY_LUA)
+        self.applied = Applied()
+
+    def handle(self, entry: Entry) -> None:
+        """Apply one stream entry (a Consumer handler); other event types are ignored."""
+        if entry.event_type not in EVENT_TYPES:
+            self.applied.ignored += 1
+            return
+        try:
+            payload = entry.payload()
+        except orjson.JSONDecodeError as e:
+            raise EventError(f"{entry.event_type} {entry.event_id}: payload is not JSON: {e}"
+                             ) from None
+        self.apply(entry.fields.get("tenant_id", ""), entry.event_type, payload,
+                   entry.fields.get("created_at", ""))
+
+    def apply(self, tenant: str, event_type: str, payload: Any, created_at: str) -> None:
+        """Apply one event; raise EventError when it cannot be (retried, then dead-lettered)."""
+        if event_type not in EVENT_TYPES:
+            self.applied.ignored += 1
+            return
+        if not tenant or not isinstance(payload, dict) or not payload.get("case_id"):
+            raise EventError(f"{event_type}: needs a tenant_id and a payload with case_id")
+        v, k = order_of(event_type, payload, created_at), self.keys
+        case_id = str(payload["case_id"])
+        if event_type == "CASE_ROLE_ASSIGNED":
+            role_id = str(payload.get("role_id") or "")
+            if not role_id:
+                raise EventError("CASE_ROLE_ASSIGNED: needs role_id")
+            writes = [
+                ([k.role(tenant, role_id), k.roles(tenant)],
+                 {"role_id": role_id, "name": str(payload.get("role_name") or "")}, [role_id]),
+                ([k.edge(tenant, case_id, role_id), k.case_roles(tenant, case_id),
+                  k.role_cases(tenant, role_id)],
+                 {"case_id": case_id, "role_id": role_id,
+                  "assignee_id": str(payload.get("assignee_id") or "")}, [role_id, case_id]),
+            ]
+        else:
+            status = payload.get("status" if event_type == "CASE_CREATED" else "to_status")
+            if not isinstance(status, str):
+                raise EventError(f"{event_type}: needs a status")
+            writes = [([k.case(tenant, case_id), k.cases(tenant)],
+                       {"case_id": case_id, "status": status}, [case_id])]
+        with redis_errors("EVALSHA ontology_apply"):
+            pipe = self._r.pipeline(transaction=False)
+            pipe.sadd(k.tenants, tenant)
+            for hash_keys, fields, members in writes:
+                pairs = [x for kv in fields.items() for x in kv]
+                self._apply(keys=hash_keys, args=[v, len(fields), *pairs, *members], client=pipe)
+            done = pipe.execute()[1:]
+        self.applied.written += sum(1 for d in done if d == 1)
+        self.applied.stale += sum(1 for d in done if d == 0)
+        self.applied.tenants.add(tenant)
+
+    def case(self, tenant: str, case_id: str) -> dict[str, str]:
+        """Return one case node ({} when absent)."""
+        with redis_errors("HGETALL"):
+            return self._r.hgetall(self.keys.case(tenant, case_id))  # type: ignore[return-value]
+
+    def roles_of(self, tenant: str, case_id: str) -> dict[str, dict[str, str]]:
+        """Return a case's roles: role id -> the edge (assignee_id) merged with the role node."""
+        with redis_errors("SMEMBERS"):
+            members: Any = self._r.smembers(self.keys.case_roles(tenant, case_id))
+            role_ids = sorted(str(m) for m in members)
+            pipe = self._r.pipeline(transaction=False)
+            for rid in role_ids:
+                pipe.hgetall(self.keys.role(tenant, rid))
+                pipe.hgetall(self.keys.edge(tenant, case_id, rid))
+            got = pipe.execute()
+        return {rid: {"name": got[2 * i].get("name", ""),
+                      "assignee_id": got[2 * i + 1].get("assignee_id", "")}
+                for i, rid in enumerate(role_ids)}
+
+    def cases_with_role(self, tenant: str, role_id: str) -> list[str]:
+        """Return the ids of the cases holding a role, sorted."""
+        with redis_errors("SMEMBERS"):
+            members: Any = self._r.smembers(self.keys.role_cases(tenant, role_id))
+            return sorted(str(m) for m in members)
+
+
+# --- digest, drop, rebuild ------------------------------------------------------------------
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)
+
+
+def tenant_keys(client: redis.Redis, ns_keys: keys.OntologyKeys, tenant: str) -> list[str]:
+    """Return every key of one tenant's cache, sorted."""
+    pattern = _glob_escape(ns_keys.tenant(tenant)) + "*"
+    with redis_errors("SCAN"):
+        return sorted(str(k) for k in client.scan_iter(match=pattern, count=1000))
+
+
+def tenants(client: redis.Redis, ns_keys: keys.OntologyKeys) -> list[str]:
+    """Return the tenants that have a cache, sorted."""
+    with redis_errors("SMEMBERS"):
+        members: Any = client.smembers(ns_keys.tenants)
+        return sorted(str(t) for t in members)
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """A tenant's cache summarised: sha256 of its content (key names without the ns)."""
+
+    tenant: str
+    sha256: str
+    cases: int
+    roles: int
+    edges: int
+
+
+def digest(client: redis.Redis, tenant: str, *, ns: str = keys.ONTOLOGY_NS) -> Digest:
+    """Hash one tenant's cache: every key (minus the ns prefix), type and content, sorted."""
+    k = keys.OntologyKeys(ns)
+    prefix = k.tenant(tenant)
+    h = hashlib.sha256()
+    counts = {"case": 0, "role": 0, "edge": 0}
+    for key in tenant_keys(client, k, tenant):
+        with redis_errors("TYPE"):
+            kind = str(client.type(key))
+            body: Any = (client.hgetall(key) if kind == "hash" else
+                         sorted(client.smembers(key)) if kind == "set" else None)
+        rel = key[len(prefix):]
+        if kind == "hash":
+            kind_of = rel.split(":", 1)[0]
+            counts[kind_of] = counts.get(kind_of, 0) + 1
+        h.update(orjson.dumps([rel, kind, body], option=orjson.OPT_SORT_KEYS) + b"\n")
+    return Digest(tenant, h.hexdigest(), counts["case"], counts["role"], counts["edge"])
+
+
+def drop(client: redis.Redis, tenant: str, *, ns: str = keys.ONTOLOGY_NS) -> int:
+    """Delete one tenant's cache; return how many keys went."""
+    k = keys.OntologyKeys(ns)
+    found = tenant_keys(client, k, tenant)
+    with redis_errors("UNLINK"):
+        for i in range(0, len(found), 500):
+            client.unlink(*found[i:i + 500])
+        client.srem(k.tenants, tenant)
+    return len(found)
+
+
+def rows(conn: db.Conn, settings: Settings, tenant: str | None) -> Iterator[Row]:
+    """Yield the outbox rows that build the cache, in (created_at, id) order.
+
+    PENDING rows too (`mark_published=False`): the relay may not have marked an event that a
+    live consumer already applied. FAILED and DEAD_LETTER rows were never delivered.
+    """
+    reader = settings.model_copy(update={"mark_published": False})
+    rng = replaylib.Range(since=_EPOCH, tenant=tenant)
+    for page in replaylib.pages(conn, reader, rng, settings.batch_size):
+        yield from (r for r in page if r.event_type in EVENT_TYPES)
+
+
+@dataclass(slots=True)
+class Rebuilt:
+    """What a rebuild did."""
+
+    rows: int = 0
+    dropped: int = 0
+    applied: Applied = field(default_factory=Applied)
+    digests: list[Digest] = field(default_factory=list)
+
+
+def rebuild(
+    conn: db.Conn, client: redis.Redis, settings: Settings, *, tenant: str | None = None,
+    ns: str = keys.ONTOLOGY_NS,
+) -> Rebuilt:
+    """Drop the cache (one tenant or all) under `ns` and apply the outbox rows again.
+
+    Safe beside a live consumer: keys are dropped before the rows are read, so an event
+    the consumer applied meanwhile is also among the rows, and newer events win either way.
+    Readers see a partial cache until it ends (`--check` builds a scratch copy instead).
+    """
+    cache = OntologyCache(client, ns=ns)
+    out = Rebuilt()
+    for t in [tenant] if tenant is not None else tenants(client, cache.keys):
+        out.dropped += drop(client, t, ns=ns)
+    for row in rows(conn, settings, tenant):
+        out.rows += 1
+        try:
+            payload = orjson.loads(row.payload)
+        except orjson.JSONDecodeError:
+            continue  # the relay dead-letters such a row; it never reached a consumer
+        cache.apply(row.tenant_id, row.event_type, payload, row.created_at)
+    out.applied = cache.applied
+    out.digests = [digest(client, t, ns=ns) for t in sorted(cache.applied.tenants)]
+    return out
+
+
+def compare(
+    client: redis.Redis, names: Iterable[str], *, live: str = keys.ONTOLOGY_NS, other: str
+) -> list[tuple[Digest, Digest]]:
+    """Return the (live, other) digests of the tenants in `names` that differ."""
+    pairs = [(digest(client, t, ns=live), digest(client, t, ns=other)) for t in sorted(names)]
+    return [(a, b) for a, b in pairs if a != b]

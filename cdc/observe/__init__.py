@@ -1,0 +1,1 @@
+"""Metrics, the sampler, the health endpoints, logs and trace context."""

@@ -1,0 +1,1 @@
+"""Operator tools behind the CLI: doctor, status, dlq, replay, prune, trim."""

@@ -1,0 +1,1 @@
+"""Development only, not installed: local throwaway servers and the demo."""
