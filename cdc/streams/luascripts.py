@@ -42,15 +42,12 @@ class Script:
         try:
             return client.evalsha(self.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
-            self.load(client, keys)
+            self.load(client)
             return client.evalsha(self.sha, len(keys), *keys, *args)
 
-    def load(self, client: Any, keys: Sequence[Any] = ()) -> None:
-        """SCRIPT LOAD the text where `keys` live (every master of a cluster without keys)."""
-        if keys and hasattr(client, "get_node_from_key"):  # a cluster: the keys' own master
-            client.script_load(self.text, target_nodes=client.get_node_from_key(keys[0]))
-        else:
-            client.script_load(self.text)
+    def load(self, client: Any) -> None:
+        """SCRIPT LOAD the text (a cluster client sends it to every master)."""
+        client.script_load(self.text)
 
 
 @cache
