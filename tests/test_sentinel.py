@@ -49,6 +49,7 @@ def test_sentinel_url_parses_and_redacts() -> None:
         assert "pw" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_relay_and_tools_follow_a_sentinel_failover(
     settings: Settings, pg_dsn: str, cli: Cli, tmp_path: Path
 ) -> None:
