@@ -19,7 +19,9 @@ import redis
 
 from cdc.pg import serverconf
 
-PG_MAJOR = os.environ.get("PG_MAJOR", "15")
+# The PostgreSQL major version when PG_MAJOR is unset: scripts/bootstrap's and the images'
+# default too (tests/test_deploy.py checks that they agree).
+DEFAULT_PG_MAJOR = "15"
 RESERVED_PORTS = {5432, 6379}
 
 
@@ -47,9 +49,14 @@ def cluster_port() -> int:
         return port
 
 
-def pg_bindir() -> Path:
-    """Return the directory of the PostgreSQL server binaries."""
-    path = Path(f"/usr/lib/postgresql/{PG_MAJOR}/bin")
+def pg_major() -> str:
+    """Return the PostgreSQL major version to run: PG_MAJOR as it is now, else the default."""
+    return os.environ.get("PG_MAJOR") or DEFAULT_PG_MAJOR
+
+
+def pg_bindir(major: str | None = None) -> Path:
+    """Return the directory of the PostgreSQL server binaries (of `major`, else pg_major())."""
+    path = Path(f"/usr/lib/postgresql/{major or pg_major()}/bin")
     if not (path / "initdb").exists():
         raise FileNotFoundError(f"{path}/initdb not found: run scripts/bootstrap")
     return path
@@ -65,15 +72,16 @@ class LocalPostgres:
     """A PostgreSQL cluster in a temp dir with `wal_level=logical` and wal2json available."""
 
     def __init__(
-        self, *, port: int | None = None, wal_level: str = "logical", extra_conf: str = ""
+        self, *, port: int | None = None, wal_level: str = "logical", extra_conf: str = "",
+        major: str | None = None,
     ) -> None:
+        self.bindir = pg_bindir(major)  # PG_MAJOR is read here, when a server is made
         self.port = port or free_port()
         self.wal_level = wal_level
         self.extra_conf = extra_conf
         self.root = Path(tempfile.mkdtemp(prefix="cdc-pg-"))
         self.datadir = self.root / "data"
         self.logfile = self.root / "server.log"
-        self.bindir = pg_bindir()
 
     @property
     def dsn(self) -> str:

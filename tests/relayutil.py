@@ -14,6 +14,7 @@ from typing import Any
 import psycopg
 import redis
 
+from cdc.pg import slots
 from cdc.settings import Settings
 
 STREAMS = ("axiom:core:events", "axiom:watches", "axiom:workers")
@@ -128,14 +129,11 @@ def outbox_ids_in_commit_order(dsn: str) -> list[str]:
 
 
 def slot_lag(dsn: str, slot: str) -> int:
+    """Return the slot's lag in bytes (cdc.pg.slots.status, the relay's own query)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute(
-            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint"
-            " FROM pg_replication_slots WHERE slot_name = %s",
-            (slot,),
-        ).fetchone()
-        assert row is not None
-        return int(row[0])
+        st = slots.status(conn, slot)
+        assert st is not None and st.lag_bytes is not None
+        return st.lag_bytes
 
 
 def slot_active(dsn: str, slot: str) -> bool:

@@ -111,6 +111,7 @@ def test_redis_restarted_with_aof_mid_run(
     report("redis-restart", f, t0, restarts=1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", [11, 12, 13])
 def test_redis_refusing_writes_on_and_off_loses_and_duplicates_nothing(
     seed: int, settings: Settings, pg_dsn: str, rds: redis.Redis, tmp_path: Path,
@@ -183,6 +184,7 @@ def test_postgres_restarted_mid_run(
            producer_retries=producer.retries)
 
 
+@pytest.mark.slow
 def test_links_to_redis_then_postgres_cut_and_restored(
     settings: Settings, pg_server: Any, redis_server: LocalRedis, pg_dsn: str,
     rds: redis.Redis, tmp_path: Path, report: Report,

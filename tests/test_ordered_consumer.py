@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 import psycopg
+import pytest
 import redis
 
 from cdc.consumers.leases import fair_share
@@ -255,6 +256,7 @@ def _max_concurrent_owners(rows: list[list[Any]]) -> tuple[int, int]:
     return worst, tenures
 
 
+@pytest.mark.slow
 def test_ordered_consumers_keep_aggregate_order_through_kill_and_pause(
     redis_url: str, rds: redis.Redis, tmp_path: Path
 ) -> None:

@@ -251,6 +251,7 @@ def _promoted(cluster: LocalRedisCluster, stream: str, port: int) -> bool:
     return False
 
 
+@pytest.mark.slow
 @pytest.mark.chaos
 @pytest.mark.parametrize("min_replicas", [1, 0])
 def test_cluster_master_killed_mid_run(

@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 import redis
 from pydantic import SecretStr
 
@@ -35,6 +36,7 @@ def assert_exactly_once_in_order(events: list[dict[str, str]], n: int) -> None:
     assert seqs == sorted(seqs), "stream order differs from commit order"
 
 
+@pytest.mark.slow
 def test_kill9_during_50k_run_then_restart(
     settings: Settings, pg_dsn: str, rds: redis.Redis
 ) -> None:
@@ -69,6 +71,7 @@ def test_kill9_during_50k_run_then_restart(
     assert_exactly_once_in_order(events, n)
 
 
+@pytest.mark.slow
 def test_redis_stopped_5s_mid_run_loses_nothing_and_dead_letters_nothing(
     settings: Settings, pg_dsn: str, tmp_path: Path
 ) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import orjson
 import pytest
+import redis
 from pydantic import SecretStr
 
 from cdc.errors import ConfigError
@@ -20,6 +21,10 @@ from devkit.localservers import LocalRedisSentinel
 from tests.chaosutil import Producer, check_invariants
 from tests.opsutil import Cli
 from tests.relayutil import STREAMS, cdc, relay, wait_for
+
+
+def _by_check(findings: list[dict[str, str]]) -> dict[str, dict[str, str]]:
+    return {f["check"]: f for f in findings}
 
 
 async def _async_len(url: str) -> int:
@@ -44,6 +49,7 @@ def test_sentinel_url_parses_and_redacts() -> None:
         assert "pw" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_relay_and_tools_follow_a_sentinel_failover(
     settings: Settings, pg_dsn: str, cli: Cli, tmp_path: Path
 ) -> None:
@@ -95,3 +101,66 @@ def test_relay_and_tools_follow_a_sentinel_failover(
         client.close()
         print(f"sentinel failover: {produced_at_kill} of 12000 events produced at the kill,"
               f" promoted after {promoted:.1f} s; {f}")
+
+
+def test_doctor_checks_the_sentinels_and_names_each_fix(cli: Cli) -> None:
+    """Healthy, then the master's guard off, too few replicas, a wrong service, a Sentinel down."""
+    with LocalRedisSentinel(replicas=1, sentinels=3) as sen:
+        cli.settings = cli.settings.model_copy(update={"redis_url": SecretStr(sen.url)})
+        master = f"127.0.0.1:{sen.primary.port}"
+        run = cli("doctor", "--json", CDC_REDIS_MIN_REPLICAS="1")
+        found = _by_check(run.json())
+        for port in sen.sentinel_ports:
+            assert found[f"sentinel@127.0.0.1:{port}"]["level"] == "ok"
+        agreed = found["sentinel_master"]
+        assert agreed["level"] == "ok"
+        assert f"3 of 3 Sentinel(s) that answer name {master}" in agreed["message"]
+        assert found["sentinel_quorum"]["level"] == "ok"
+        assert found["sentinel_replicas"]["level"] == "ok"
+        assert "1 replica(s) connected" in found["sentinel_replicas"]["message"]
+        guard = found["min_replicas_to_write"]
+        assert guard["level"] == "warn" and master in guard["message"]
+        assert "redis_min_replicas" not in found  # CDC_REDIS_MIN_REPLICAS=1 here
+        assert run.code == 0, run.out  # warnings only
+
+        # Apply the fix doctor names (but CONFIG REWRITE: these servers have no config file).
+        statements = guard["fix"].removeprefix("on each master: ").split("; ")
+        assert statements[-1] == "CONFIG REWRITE"
+        with redis.Redis(port=sen.primary.port) as r:
+            for statement in statements[:-1]:
+                r.execute_command(*statement.split())
+        found = _by_check(cli("doctor", "--json", CDC_REDIS_MIN_REPLICAS="1").json())
+        assert found["min_replicas_to_write"]["level"] == "ok"
+
+        # The relay would WAIT for 2 replicas of a master that has 1: every batch falls short.
+        short = cli("doctor", CDC_REDIS_MIN_REPLICAS="2")
+        assert short.code == 1
+        assert "FAIL  sentinel_replicas " in short.out
+        assert f"master {master} has 1 replica(s) connected, needs 2" in short.out
+        assert f"redis-server --replicaof 127.0.0.1 {sen.primary.port}" in short.out
+
+        # A service name no Sentinel monitors: said as such, with where to look.
+        hosts = sen.url.split("://", 1)[1].rsplit("/", 1)[0]
+        cli.settings = cli.settings.model_copy(
+            update={"redis_url": SecretStr(f"redis+sentinel://{hosts}/nope")})
+        wrong = cli("doctor", "--json")
+        found = _by_check(wrong.json())
+        assert wrong.code == 1
+        assert found["sentinel_master"]["level"] == "FAIL"
+        assert "no Sentinel monitors a service named 'nope'" in found["sentinel_master"]["message"]
+        assert "SENTINEL MASTERS" in found["sentinel_master"]["fix"]
+        assert found["redis"]["level"] == "FAIL"
+
+        # One Sentinel down: named, with its fix; the two left still agree and reach quorum.
+        cli.settings = cli.settings.model_copy(update={"redis_url": SecretStr(sen.url)})
+        sen.procs[-1].kill()  # the last: the primary's discovery asks the first one first
+        sen.procs[-1].wait(10)
+        down = cli("doctor", "--json", CDC_REDIS_MIN_REPLICAS="1")
+        found = _by_check(down.json())
+        dead = found[f"sentinel@127.0.0.1:{sen.sentinel_ports[-1]}"]
+        assert dead["level"] == "FAIL" and "does not answer" in dead["message"]
+        assert "--sentinel" in dead["fix"]
+        assert found["sentinel_master"]["level"] == "ok"
+        assert "2 of 2 Sentinel(s)" in found["sentinel_master"]["message"]
+        assert found["sentinel_quorum"]["level"] == "ok"
+        assert found["redis"]["level"] == "ok" and down.code == 1

@@ -10,13 +10,10 @@ import argparse
 import getpass
 import os
 import sys
-from collections import Counter
-
-import psycopg
 
 from cdc.domain.stores import crypto
-from cdc.domain.stores.datasources import open_config, rotate_key
-from cdc.errors import ConfigError, DecryptError, StoreError
+from cdc.domain.stores.datasources import check_key, rotate_key
+from cdc.errors import ConfigError
 from cdc.pg import db
 from cdc.settings import Settings
 
@@ -73,25 +70,12 @@ def rotate(args: argparse.Namespace, settings: Settings) -> int:
 def check(args: argparse.Namespace, settings: Settings) -> int:
     """Report which key id seals each row; exit 1 if the configured key misses any."""
     cipher = crypto.Cipher.from_secret(settings.weaver_secret_key)
-    by_key: Counter[str] = Counter()
-    failed = 0
-    try:
-        with db.connect(settings.database_url.get_secret_value()) as conn:
-            rows = conn.execute(
-                "SELECT id, tenant_id, connection_config FROM weaver.datasource"
-            ).fetchall()
-    except psycopg.Error as e:
-        raise StoreError(f"cannot read weaver.datasource: {e}", hint="run `cdc migrate`") from None
-    for ds_id, tenant_id, sealed in rows:
-        key_id = crypto.sealed_key_id(bytes(sealed))
-        by_key[key_id.hex() if key_id else "unknown"] += 1
-        try:
-            open_config(cipher, tenant_id, ds_id, bytes(sealed))
-        except DecryptError as e:
-            failed += 1
-            print(f"cdc: {e}", file=sys.stderr)
-    for hex_id, n in sorted(by_key.items()):
+    with db.connect(settings.database_url.get_secret_value()) as conn:
+        found = check_key(conn, cipher)
+    for e in found.failed:
+        print(f"cdc: {e}", file=sys.stderr)
+    for hex_id, n in sorted(found.by_key.items()):
         mark = " (configured)" if hex_id == cipher.key_id.hex() else ""
         print(f"key id {hex_id}{mark}: {n} data source(s)")
-    print(f"{len(rows) - failed} of {len(rows)} open with CDC_WEAVER_SECRET_KEY")
-    return 1 if failed else 0
+    print(f"{found.total - len(found.failed)} of {found.total} open with CDC_WEAVER_SECRET_KEY")
+    return 1 if found.failed else 0

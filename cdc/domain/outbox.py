@@ -7,7 +7,6 @@ of the WAL; nothing here talks to Redis.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
@@ -20,10 +19,10 @@ from psycopg.rows import tuple_row
 
 from cdc.errors import ConfigError, EventError, StoreError
 from cdc.observe import tracing
+from cdc.pg.ident import TABLE_RE
 from cdc.pipeline.contracts import Registry
 
 DEFAULT_TABLE = "public.event_outbox"
-TABLE_RE = re.compile(r"^([a-z_]\w*)\.([a-z_]\w*)$")
 
 Target: TypeAlias = psycopg.Connection[Any] | psycopg.Cursor[Any]
 

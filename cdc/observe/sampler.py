@@ -15,10 +15,10 @@ from psycopg import sql
 
 from cdc.errors import CdcError
 from cdc.observe.metrics import Metrics
-from cdc.pg import db
+from cdc.pg import db, slots
 from cdc.pipeline.route import Router
 from cdc.settings import Settings
-from cdc.streams import keys, redisconn, redisstate
+from cdc.streams import groups, keys, redisconn, redisstate
 
 log = logging.getLogger(__name__)
 PENDING_WINDOW = timedelta(seconds=60)
@@ -85,12 +85,10 @@ class Sampler(threading.Thread):
                 if not r.exists(stream):
                     continue
                 self._m.stream_length.labels(stream).set(int(r.xlen(stream)))
-                for g in r.xinfo_groups(stream):
-                    name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
-                    lag = g.get("lag")
-                    self._m.group_pending.labels(stream, name).set(int(g["pending"]))
-                    if lag is not None:  # Redis >= 7 reports it; None when it cannot tell
-                        self._m.group_lag.labels(stream, name).set(int(lag))
+                for g in groups.group_infos(r, stream):
+                    self._m.group_pending.labels(stream, g.name).set(g.pending)
+                    if g.lag is not None:  # Redis >= 7 reports it; None when it cannot tell
+                        self._m.group_lag.labels(stream, g.name).set(g.lag)
 
     def sample_postgres(self) -> None:
         """Read slot lag, whether the slot is held, and PENDING rows from PostgreSQL."""
@@ -98,13 +96,10 @@ class Sampler(threading.Thread):
             self._s.database_url.get_secret_value(), autocommit=True, connect_timeout=2
         ) as conn:
             conn.execute("SET statement_timeout = '2s'")
-            row = conn.execute(
-                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,"
-                " active FROM pg_replication_slots WHERE slot_name = %s", (self._s.slot,)
-            ).fetchone()
-            if row and row[0] is not None:
-                self._m.slot_lag_bytes.set(int(row[0]))
-            self._m.slot_active.set(1 if row and row[1] else 0)
+            st = slots.status(conn, self._s.slot)
+            if st is not None and st.lag_bytes is not None:
+                self._m.slot_lag_bytes.set(st.lag_bytes)
+            self._m.slot_active.set(1 if st is not None and st.active else 0)
             if self._s.mark_published:
                 count, age = pending(conn, self._s.outbox_table)
                 self._m.pending.set(count)

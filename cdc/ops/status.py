@@ -22,7 +22,7 @@ from cdc.ops import dlq
 from cdc.pg import db, slots
 from cdc.pipeline.route import Router
 from cdc.settings import Settings
-from cdc.streams import keys, redisconn, redisstate
+from cdc.streams import groups, keys, redisconn, redisstate
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,12 +194,9 @@ def _redis(settings: Settings, snap: Snapshot) -> None:
             info: Any = client.xinfo_stream(name)
             last = str(info.get("last-generated-id", "0-0")).split("-")[0]
             age = round((now_ms - int(last)) / 1000, 3) if info["length"] else None
-            groups: Any = client.xinfo_groups(name)
             snap.streams.append(Stream(name, int(info["length"]), age, [
-                Group(str(g["name"]), int(g["consumers"]), int(g["pending"]),
-                      None if g.get("lag") is None else int(g["lag"]),
-                      partition_owner(client, name, str(g["name"])))
-                for g in groups
+                Group(g.name, g.consumers, g.pending, g.lag, partition_owner(client, name, g.name))
+                for g in groups.group_infos(client, name)
             ]))
         snap.dlq_length = int(client.xlen(keys.DLQ))
 

@@ -53,14 +53,19 @@ def confirmed_lsn(conn: db.Conn, slot: str) -> int:
     return lsnlib.parse(row[0]) if row[0] else 0
 
 
+# The slot's lag: WAL bytes written since what the relay confirmed. The one copy of this SQL
+# (status, doctor, the metrics sampler and the tests all read it through status()).
+LAG_BYTES_SQL = "pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint"
+STATUS_SQL = (
+    "SELECT slot_name, plugin, active, active_pid, confirmed_flush_lsn::text,"
+    f" {LAG_BYTES_SQL}, wal_status, safe_wal_size"
+    " FROM pg_replication_slots WHERE slot_name = %s"
+)
+
+
 def status(conn: db.Conn, slot: str) -> SlotStatus | None:
-    """Return the slot's state, or None when it does not exist."""
-    row = conn.execute(
-        "SELECT slot_name, plugin, active, active_pid, confirmed_flush_lsn::text,"
-        " pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint,"
-        " wal_status, safe_wal_size FROM pg_replication_slots WHERE slot_name = %s",
-        (slot,),
-    ).fetchone()
+    """Return the slot's state (lag included), or None when it does not exist."""
+    row = conn.execute(STATUS_SQL, (slot,)).fetchone()
     return SlotStatus(*row) if row else None
 
 

@@ -18,7 +18,7 @@ from psycopg.rows import dict_row, tuple_row
 
 from cdc.domain.stores.base import Conn, Pool, as_uuid, transaction
 from cdc.domain.stores.crypto import Cipher, sealed_key_id
-from cdc.errors import StoreError
+from cdc.errors import DecryptError, StoreError
 
 DS_TYPES = ("postgres", "mysql", "oracle")
 COLUMNS = "id, tenant_id, name, ds_type, connection_config, status, created_at, updated_at"
@@ -225,3 +225,33 @@ def _check_type(ds_type: str) -> None:
 def _duplicate(tenant_id: str, name: str) -> StoreError:
     return StoreError(f"data source {name!r} already exists for tenant {tenant_id}",
                       hint="pick another name or update the existing data source")
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCheck:
+    """What `check_key` found: which key seals each row, and the rows `cipher` cannot open."""
+
+    by_key: dict[str, int]  # key id (hex, or "unknown") -> rows sealed under it
+    failed: list[DecryptError]
+    total: int
+
+
+def check_key(conn: Conn, cipher: Cipher) -> KeyCheck:
+    """Try `cipher` on every connection_config; count the rows under each key id."""
+    try:
+        rows = conn.cursor(row_factory=tuple_row).execute(
+            "SELECT id, tenant_id, connection_config FROM weaver.datasource"
+        ).fetchall()
+    except psycopg.Error as e:
+        raise StoreError(f"cannot read weaver.datasource: {e}", hint="run `cdc migrate`") from None
+    by_key: dict[str, int] = {}
+    failed: list[DecryptError] = []
+    for ds_id, tenant_id, sealed in rows:
+        key_id = sealed_key_id(bytes(sealed))
+        hex_id = key_id.hex() if key_id else "unknown"
+        by_key[hex_id] = by_key.get(hex_id, 0) + 1
+        try:
+            open_config(cipher, tenant_id, ds_id, bytes(sealed))
+        except DecryptError as e:
+            failed.append(e)
+    return KeyCheck(by_key, failed, len(rows))
