@@ -18,9 +18,10 @@ import redis
 from pydantic import SecretStr
 
 from cdc.errors import SinkError
-from cdc.pipeline.sink import ENTRY_FIELDS, PUBLISH, RedisSink
+from cdc.pipeline.sink import PUBLISH, RedisSink
 from cdc.settings import Settings
 from cdc.streams import keys, luascripts
+from cdc.streams.entries import ENTRY_FIELDS
 from cdc.streams.redisconn import translate
 from devkit.localservers import LocalPostgres, LocalRedis, free_port
 from tests.chaosutil import assert_published_rows_have_entries

@@ -61,7 +61,7 @@ def rotate(args: argparse.Namespace, settings: Settings) -> int:
     """Re-encrypt every data source's connection_config under the new key."""
     old = crypto.Cipher.from_secret(settings.weaver_secret_key)
     new = _new_key(args.new_key_env)
-    with db.connect(settings.database_url.get_secret_value()) as conn:
+    with db.connect(settings.database_url) as conn:
         done = rotate_key(conn, old, new)
     print(
         f"re-encrypted {done.rotated} connection_config(s) under key id {new.key_id.hex()}"
@@ -76,7 +76,7 @@ def check(args: argparse.Namespace, settings: Settings) -> int:
     by_key: Counter[str] = Counter()
     failed = 0
     try:
-        with db.connect(settings.database_url.get_secret_value()) as conn:
+        with db.connect(settings.database_url) as conn:
             rows = conn.execute(
                 "SELECT id, tenant_id, connection_config FROM weaver.datasource"
             ).fetchall()

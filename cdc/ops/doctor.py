@@ -19,8 +19,7 @@ from redis.cluster import RedisCluster
 
 from cdc.errors import CdcError
 from cdc.pg import db, migrate, privileges, serverconf
-from cdc.pipeline.route import Router
-from cdc.settings import Settings, redact
+from cdc.settings import Settings
 from cdc.streams import redisconn, redisstate
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -52,7 +51,7 @@ def diagnose(settings: Settings) -> list[Finding]:
 
 def check_postgres(settings: Settings) -> list[Finding]:
     """Run the PostgreSQL checks."""
-    dsn = settings.database_url.get_secret_value()
+    dsn = settings.database_url
     try:
         conn = db.connect(dsn, autocommit=True)
     except CdcError as e:
@@ -64,7 +63,7 @@ def check_postgres(settings: Settings) -> list[Finding]:
         gucs = {r[0]: r[1] for r in rows}
         context = {r[0]: r[2] for r in rows}
         major = int(gucs["server_version_num"]) // 10000
-        out = [Finding("postgres", OK, f"connected to {redact(dsn)} (PostgreSQL {major})")]
+        out = [Finding("postgres", OK, f"connected to {db.redacted(dsn)} (PostgreSQL {major})")]
         out.append(_wal_level(gucs["wal_level"]))
         if "output_plugin_libraries" in gucs:
             out.append(_plugin_libs(gucs["output_plugin_libraries"], context))
@@ -208,7 +207,7 @@ def _grants(conn: db.Conn, settings: Settings, user: str) -> list[Finding]:
     return [Finding("grants", FAIL, f"role {user} lacks {what}", fix)]
 
 
-def _migrations(dsn: str, settings: Settings, user: str) -> Finding:
+def _migrations(dsn: db.Dsn, settings: Settings, user: str) -> Finding:
     try:
         states = migrate.status(dsn, settings.migrations_dir)
     except CdcError as e:
@@ -297,7 +296,7 @@ def _probe(conn: db.Conn, major: int) -> Finding:
 
 def check_redis(settings: Settings) -> list[Finding]:
     """Run the Redis checks."""
-    url = settings.redis_url.get_secret_value()
+    url = settings.redis_url
     try:
         client = redisconn.connect(url)
     except CdcError as e:
@@ -421,7 +420,7 @@ def _redis_config(client: redis.Redis) -> list[Finding]:
 def _groups(client: redisconn.Client, settings: Settings) -> Finding:
     want = set(settings.group_names())
     missing = []
-    for stream in Router(settings.routes).streams():
+    for stream in settings.router.streams():
         have = set()
         if client.exists(stream):
             have = {str(g["name"]) for g in client.xinfo_groups(stream)}

@@ -14,7 +14,7 @@ import orjson
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_core import CoreConfig, SchemaValidator, core_schema
 
-from cdc.errors import EventError
+from cdc.errors import EventError, EventTooLarge
 
 
 class _Number(str):
@@ -210,6 +210,25 @@ class Registry:
     def known(self) -> list[str]:
         """Return the registered event types."""
         return sorted(self._contracts)
+
+
+def check_event(
+    registry: Registry, event_type: str, payload: str, max_bytes: int | None
+) -> str:
+    """Check a JSON payload's size, then its contract; return its idempotency key ("" if none).
+
+    The one check, with one wording, for the relay, a DLQ replay and producers (emit):
+    raise EventTooLarge over `max_bytes` (None: no limit), EventError on a broken contract.
+    """
+    # UTF-8 takes at most 4 bytes a character: encode only when it could matter.
+    if max_bytes is not None and len(payload) * 4 > max_bytes:
+        size = len(payload.encode())
+        if size > max_bytes:
+            raise EventTooLarge(
+                f"{event_type}: payload is {size} bytes, over the {max_bytes}-byte limit"
+                " (CDC_MAX_EVENT_BYTES)", size=size,
+            )
+    return registry.validate_json(event_type, payload)
 
 
 _MODEL_KEYS = {"type", "cls", "schema", "config", "custom_init", "root_model", "ref", "metadata"}
