@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from cdc.backoff import Backoff
 from cdc.errors import Action, CdcError, SlotBusy, policy
@@ -25,13 +26,24 @@ log = logging.getLogger(__name__)
 RESTART_AFTER_S = 30  # a session that streamed this long restarts without backoff
 
 
-class Relay:
-    """Run sessions until stopped: retry transient errors, stand by while the slot is busy."""
+Session = Callable[..., None]  # run_session's signature: (settings, metrics, stop, *, ...)
 
-    def __init__(self, settings: Settings, *, metrics: Metrics, stop: threading.Event) -> None:
+
+class Relay:
+    """Run sessions until stopped: retry transient errors, stand by while the slot is busy.
+
+    `ensure` (the slot) and `session` default to the real ones; tests pass fakes.
+    """
+
+    def __init__(
+        self, settings: Settings, *, metrics: Metrics, stop: threading.Event,
+        ensure: Callable[[Settings], object] = slots.ensure, session: Session = run_session,
+    ) -> None:
         self.settings = settings
         self.metrics = metrics
         self.stop = stop
+        self._ensure = ensure
+        self._session = session
 
     def run(self, *, once: bool = False) -> None:
         """Ensure the slot, then stream; return on stop or when `once` has drained."""
@@ -41,8 +53,8 @@ class Relay:
             started = time.monotonic()
             try:
                 # Every attempt: a slot dropped under a running relay is created again.
-                slots.ensure(self.settings)
-                run_session(
+                self._ensure(self.settings)
+                self._session(
                     self.settings, self.metrics, self.stop, redis_nodes=redis_nodes, once=once
                 )
                 return
