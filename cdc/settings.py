@@ -85,7 +85,7 @@ class Settings(BaseSettings):
         return self._groups[1]
 
     def group_names(self) -> list[str]:
-        """Return the configured consumer groups (as `groups`)."""
+        """Return `groups` as a list (kept for callers from before `groups`)."""
         return list(self.groups)
 
 

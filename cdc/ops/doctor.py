@@ -418,7 +418,7 @@ def _redis_config(client: redis.Redis) -> list[Finding]:
 
 
 def _groups(client: redisconn.Client, settings: Settings) -> Finding:
-    want = set(settings.group_names())
+    want = set(settings.groups)
     missing = []
     for stream in settings.router.streams():
         have = set()

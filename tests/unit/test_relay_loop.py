@@ -23,10 +23,9 @@ from cdc.pipeline.decode import OutboxEvent
 from cdc.pipeline.loop import Knobs, RelayLoop, Stages
 from cdc.pipeline.marks import Unmarked
 from cdc.pipeline.publisher import Prepare, Publisher
-from cdc.pipeline.route import Router
 from cdc.pipeline.source import Keepalive
 from cdc.pipeline.stages import Failures, Marker, Replies, Sink, Source
-from cdc.settings import DEFAULT_ROUTES
+from cdc.settings import Settings
 from cdc.streams import keys
 from cdc.streams.entries import DLQ_FIELDS
 
@@ -135,6 +134,12 @@ class FakeWriteBack:
         pass
 
 
+def checks() -> Prepare:
+    """Return the publisher's checks as a default relay has them."""
+    s = Settings()
+    return Prepare(s.router, Registry(unknown=s.unknown_events), max_bytes=s.max_event_bytes)
+
+
 class FakeFailures:
     """Dead-letter every failed event at once (DeadLetters at CDC_MAX_RETRY=1)."""
 
@@ -169,7 +174,7 @@ def run_loop(
     stop = threading.Event()
     stream = FakeStream(messages, stop)
     metrics = Metrics()
-    prepare = Prepare(Router(DEFAULT_ROUTES), Registry(), max_bytes=1_048_576)
+    prepare = checks()
     # The fakes stand in for the stages through their Protocols (stages.py).
     source: Source = stream
     to_redis: Sink = sink
@@ -262,7 +267,7 @@ def test_an_unanswered_batch_is_read_once_overdue() -> None:
             return super().read_replies(replies)
 
     sink = SlowSink()
-    prepare = Prepare(Router(DEFAULT_ROUTES), Registry(), max_bytes=1_048_576)
+    prepare = checks()
     stages = Stages(stream, Publisher(prepare, sink, FakeFailures(), Metrics()), Unmarked(),
                     Checkpoint(0x100), clock=FakeClock(tick=2.0))
     RelayLoop(stages, knobs=Knobs(), metrics=Metrics(), stop=stop).run()
@@ -275,7 +280,7 @@ def test_once_returns_when_the_target_is_confirmed_and_reads_no_further() -> Non
     stop = threading.Event()
     messages: list[bytes | Keepalive | None] = [*tx(0x200, 2), LULL, LULL, *tx(0x300, 1)]
     stream, sink = FakeStream(messages, stop), FakeSink()
-    prepare = Prepare(Router(DEFAULT_ROUTES), Registry(), max_bytes=1_048_576)
+    prepare = checks()
     cp = Checkpoint(0x100)
     stages = Stages(stream, Publisher(prepare, sink, FakeFailures(), Metrics()), Unmarked(), cp,
                     clock=FakeClock())
