@@ -25,7 +25,8 @@ from cdc.observe.metrics import Metrics
 from cdc.pg import migrate
 from cdc.pipeline.checkpoint import Batch
 from cdc.pipeline.decode import Decoder, OutboxEvent
-from cdc.pipeline.relay import Publisher
+from cdc.pipeline.publisher import Publisher
+from cdc.pipeline.session import publisher
 from cdc.settings import SQL_DIR, Settings
 from cdc.streams import luascripts
 from devkit.localservers import LocalPostgres
@@ -100,7 +101,7 @@ def main() -> None:
         captured = {case: capture(dsn, args.events, case) for case in cases}
         settings = Settings(database_url=dsn)  # type: ignore[arg-type]
         with psycopg.connect(dsn, autocommit=True) as conn:
-            pub = Publisher(settings, PackOnly(), conn, Metrics())  # type: ignore[arg-type]
+            pub = publisher(settings, PackOnly(), conn, Metrics())  # type: ignore[arg-type]
             for case, messages in captured.items():
                 dec_us, send_us = [], []
                 for _ in range(args.repeats):

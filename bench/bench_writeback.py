@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 
 from cdc.pg import migrate
-from cdc.pipeline.writeback import configure, id_list, mark_published
+from cdc.pipeline.marks import configure, id_list, mark_published
 from cdc.settings import SQL_DIR
 from devkit.localservers import LocalPostgres
 

@@ -19,7 +19,7 @@ from pydantic import SecretStr, ValidationError
 from cdc import commands
 from cdc.errors import CdcError, ConfigError
 from cdc.observe import logs
-from cdc.settings import Settings
+from cdc.settings import SHOWN_DEFAULTS, Settings
 
 DESCRIPTION = "axiom-cdc: stream event_outbox inserts from PostgreSQL into Redis Streams."
 EPILOG = (
@@ -64,7 +64,7 @@ def settings_help(names: Sequence[str]) -> str:
     for name in (*names, "log_format"):
         default = Settings.model_fields[name].default
         if isinstance(default, SecretStr):  # the built-in defaults hold no password
-            shown = default.get_secret_value() if name.endswith("_url") else "(secret)"
+            shown = SHOWN_DEFAULTS.get(name, "(secret)")
         else:
             shown = "(unset)" if default is None else str(default)
         lines.append(f"  CDC_{name.upper():24} default: {shown}")

@@ -1,16 +1,27 @@
-"""Settings (environment variables prefixed CDC_), built once in `main` and passed down."""
+"""Settings (environment variables prefixed CDC_), built once in `main` and passed down.
+
+Built means checked: CDC_ROUTES and CDC_CONSUMER_GROUPS are parsed here (`router`,
+`groups`), so a bad value stops `cdc` before anything touches PostgreSQL or Redis. Secrets
+stay SecretStr (`repr` shows `**********`) until a connection is made (cdc.pg.db.connect,
+cdc.streams.redisconn).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from cdc.errors import ConfigError
 from cdc.pipeline.route import Router
 
 DEFAULT_ROUTES = "WATCH_*=axiom:watches,WORKER_*=axiom:workers,*=axiom:core:events"
+DEFAULT_DATABASE_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# What `cdc --help` may print of the secret settings' defaults (they hold no password).
+SHOWN_DEFAULTS = {"database_url": DEFAULT_DATABASE_URL, "redis_url": DEFAULT_REDIS_URL}
 SQL_DIR = Path(__file__).resolve().parent / "pg" / "sql"  # package data; sql/ links here
 
 
@@ -19,8 +30,8 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CDC_", extra="ignore")
 
-    database_url: SecretStr = SecretStr("postgresql://postgres@127.0.0.1:5432/postgres")
-    redis_url: SecretStr = SecretStr("redis://127.0.0.1:6379/0")
+    database_url: SecretStr = SecretStr(DEFAULT_DATABASE_URL)
+    redis_url: SecretStr = SecretStr(DEFAULT_REDIS_URL)
     slot: str = Field("axiom_outbox", pattern=r"^[a-z0-9_]{1,63}$")
     outbox_table: str = Field("public.event_outbox", pattern=r"^[a-z_]\w*\.[a-z_]\w*$")
     metrics_port: int = Field(0, ge=0, le=65535)  # 0 = no metrics endpoint
@@ -49,16 +60,51 @@ class Settings(BaseSettings):
     weaver_secret_key: SecretStr | None = None
     log_format: str = Field("text", pattern=r"^(text|json)$")
 
-    @field_validator("routes")
-    @classmethod
-    def _routes_parse(cls, value: str) -> str:
-        """Reject bad CDC_ROUTES here, before anything touches PostgreSQL or Redis."""
-        Router(value)  # raises ConfigError naming the rule
-        return value
+    _router: Router = PrivateAttr()
+    _groups: tuple[str, tuple[str, ...]] = PrivateAttr()  # (the text parsed, its groups)
+
+    @model_validator(mode="after")
+    def _parse(self) -> Settings:
+        """Parse CDC_ROUTES and CDC_CONSUMER_GROUPS; a bad one raises ConfigError naming it."""
+        self._router = Router(self.routes)
+        self._groups = (self.consumer_groups, parse_groups(self.consumer_groups))
+        return self
+
+    @property
+    def router(self) -> Router:
+        """Return the parsed CDC_ROUTES (parsed again only after `model_copy` changed it)."""
+        if self._router.rules != self.routes:
+            self._router = Router(self.routes)
+        return self._router
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """Return the parsed CDC_CONSUMER_GROUPS."""
+        if self._groups[0] != self.consumer_groups:
+            self._groups = (self.consumer_groups, parse_groups(self.consumer_groups))
+        return self._groups[1]
 
     def group_names(self) -> list[str]:
-        """Return the configured consumer groups."""
-        return [g.strip() for g in self.consumer_groups.split(",") if g.strip()]
+        """Return `groups` as a list (kept for callers from before `groups`)."""
+        return list(self.groups)
+
+
+def parse_groups(value: str) -> tuple[str, ...]:
+    """Return the groups of a CDC_CONSUMER_GROUPS value ("a,b"; "" for none), or raise."""
+    if not value.strip():
+        return ()
+    names = tuple(g.strip() for g in value.split(","))
+    for name in names:
+        if not name or any(c.isspace() for c in name):
+            raise ConfigError(
+                f"CDC_CONSUMER_GROUPS: {value!r} has an empty or blank-containing group name",
+                hint="a comma-separated list of names, e.g. CDC_CONSUMER_GROUPS="
+                "synapse_group,watch_cep_group",
+            )
+    if len(set(names)) != len(names):
+        raise ConfigError(f"CDC_CONSUMER_GROUPS: {value!r} names a group twice",
+                          hint="name each consumer group once")
+    return names
 
 
 def redact(dsn: str) -> str:

@@ -18,9 +18,10 @@ import redis
 from pydantic import SecretStr
 
 from cdc.errors import SinkError
-from cdc.pipeline.sink import ENTRY_FIELDS, PUBLISH, RedisSink
+from cdc.pipeline.sink import PUBLISH, RedisSink
 from cdc.settings import Settings
 from cdc.streams import keys, luascripts
+from cdc.streams.entries import ENTRY_FIELDS
 from cdc.streams.redisconn import translate
 from devkit.localservers import LocalPostgres, LocalRedis, free_port
 from tests.chaosutil import assert_published_rows_have_entries
@@ -400,6 +401,15 @@ def test_config_and_privilege_errors_stop_with_a_hint(
 ) -> None:
     bad_routes = cdc(settings, "run", CDC_ROUTES="*axiom:core:events", timeout=30)
     assert bad_routes.returncode == 2 and "CDC_ROUTES" in bad_routes.stderr
+    assert "'*axiom:core:events'" in bad_routes.stderr and "Traceback" not in bad_routes.stderr
+    # Refused when settings are built: with no database to reach, the error is still the
+    # setting's, not a connection failure (nothing touched PostgreSQL or Redis).
+    nowhere = "postgresql://relay:pw@127.0.0.1:1/none"
+    for name, value in (("CDC_ROUTES", "WATCH_*=axiom:watches/0"),
+                        ("CDC_CONSUMER_GROUPS", "synapse_group,,watch_cep_group")):
+        bad = cdc(settings, "run", **{name: value}, CDC_DATABASE_URL=nowhere, timeout=30)
+        assert bad.returncode == 2, bad.stderr
+        assert name in bad.stderr and "cannot connect" not in bad.stderr, bad.stderr
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         assert conn.execute("SELECT count(*) FROM pg_replication_slots WHERE database ="
                             " current_database()").fetchone() == (0,)  # no WAL pinned

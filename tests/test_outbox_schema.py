@@ -5,7 +5,7 @@ from __future__ import annotations
 import psycopg
 
 from cdc.observe.sampler import count_pending
-from cdc.pipeline.writeback import configure, id_list, mark_published
+from cdc.pipeline.marks import configure, id_list, mark_published
 
 INSERT = (
     "INSERT INTO event_outbox (tenant_id, aggregate_type, aggregate_id, event_type, payload,"

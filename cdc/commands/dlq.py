@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run_list(args: argparse.Namespace, settings: Settings) -> int:
     """List dead letters, oldest first."""
-    with db.connect(settings.database_url.get_secret_value()) as conn:
+    with db.connect(settings.database_url) as conn:
         rows = dlq.list_dead(conn, settings, replayed=args.all, limit=args.limit)
     if args.json:
         print(orjson.dumps([r.as_dict() for r in rows]).decode())
@@ -60,7 +60,7 @@ def run_list(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_show(args: argparse.Namespace, settings: Settings) -> int:
     """Print one dead letter in full; exit 1 if there is no such dead letter."""
-    with db.connect(settings.database_url.get_secret_value()) as conn:
+    with db.connect(settings.database_url) as conn:
         dead = dlq.get(conn, settings, args.id)
     if dead is None:
         print(f"no dead letter {args.id} (see: cdc dlq list --all)", file=sys.stderr)
@@ -83,8 +83,8 @@ def run_replay(args: argparse.Namespace, settings: Settings) -> int:
         print("cdc dlq replay: give dead-letter IDs or --all (not both)", file=sys.stderr)
         return 2
     with (
-        db.connect(settings.database_url.get_secret_value(), autocommit=True) as conn,
-        redisconn.connect(settings.redis_url.get_secret_value()) as client,
+        db.connect(settings.database_url, autocommit=True) as conn,
+        redisconn.connect(settings.redis_url) as client,
     ):
         report = dlq.replay(
             conn, client, settings, None if args.all else args.ids,
@@ -118,8 +118,8 @@ def run_purge(args: argparse.Namespace, settings: Settings) -> int:
         )
         return 2
     with (
-        db.connect(settings.database_url.get_secret_value(), autocommit=True) as conn,
-        redisconn.connect(settings.redis_url.get_secret_value()) as client,
+        db.connect(settings.database_url, autocommit=True) as conn,
+        redisconn.connect(settings.redis_url) as client,
     ):
         rows, entries = dlq.purge(conn, client, settings, replayed_only=args.replayed)
     print(f"purged {rows} dead letter(s) and {entries} {keys.DLQ} entr(y/ies)")

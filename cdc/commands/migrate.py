@@ -26,7 +26,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         for path in migrate.stamp(directory):
             print(f"stamped {path.name}")
         return 0
-    dsn = settings.database_url.get_secret_value()
+    dsn = settings.database_url
     if args.status:
         states = migrate.status(dsn, directory)
         if args.json:

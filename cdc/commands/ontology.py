@@ -70,8 +70,8 @@ def _show(digests: list[ontology.Digest], as_json: bool) -> None:
 def run_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     """Rebuild (or, with --check, rebuild a scratch copy and compare); exit 1 on a difference."""
     ns = f"{keys.ONTOLOGY_NS}:check:{secrets.token_hex(4)}" if args.check else keys.ONTOLOGY_NS
-    with db.connect(settings.database_url.get_secret_value(), autocommit=True) as conn, \
-            redisconn.connect_single(settings.redis_url.get_secret_value()) as client:
+    with db.connect(settings.database_url, autocommit=True) as conn, \
+            redisconn.connect_single(settings.redis_url) as client:
         try:
             done = ontology.rebuild(conn, client, settings, tenant=args.tenant, ns=ns)
             if not args.check:
@@ -97,7 +97,7 @@ def run_rebuild(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_digest(args: argparse.Namespace, settings: Settings) -> int:
     """Print tenant, sha256 and node counts of the live cache."""
-    with redisconn.connect_single(settings.redis_url.get_secret_value()) as client:
+    with redisconn.connect_single(settings.redis_url) as client:
         names = [args.tenant] if args.tenant else ontology.tenants(client, keys.OntologyKeys())
         _show([ontology.digest(client, t) for t in names], args.json)
     return 0

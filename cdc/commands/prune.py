@@ -31,7 +31,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     """Delete (or count) the PUBLISHED rows older than --older-than."""
     if args.batch_size < 1:
         raise ConfigError("--batch-size must be at least 1")
-    with db.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+    with db.connect(settings.database_url, autocommit=True) as conn:
         result = prunelib.prune(
             conn, settings, older_than=parse_duration(args.older_than),
             batch_size=args.batch_size, pause_s=args.pause_ms / 1000, dry_run=args.dry_run,

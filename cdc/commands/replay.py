@@ -53,11 +53,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print("cdc replay: --until must be after --since", file=sys.stderr)
         return 2
     replay_id = args.id or replaylib.new_id()
-    with db.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+    with db.connect(settings.database_url, autocommit=True) as conn:
         if args.dry_run:
             run = replaylib.replay(conn, None, settings, rng, replay_id=replay_id, dry_run=True)
         else:
-            with redisconn.connect(settings.redis_url.get_secret_value()) as client:
+            with redisconn.connect(settings.redis_url) as client:
                 run = replaylib.replay(conn, client, settings, rng, replay_id=replay_id)
             if args.ack_reset:
                 acked = redisstate.acknowledge(conn, settings.slot)

@@ -9,8 +9,9 @@ from cdc.commands import stop_on_signals
 from cdc.observe import health
 from cdc.observe.metrics import Metrics
 from cdc.observe.sampler import Sampler
+from cdc.pg import db
 from cdc.pipeline.relay import Relay
-from cdc.settings import Settings, redact
+from cdc.settings import Settings
 
 log = logging.getLogger("cdc.run")
 
@@ -36,7 +37,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         Sampler(settings, metrics, stop, interval=settings.metrics_sample_s).start()
     log.info(
         "relay starting: database %s, slot %s, table %s",
-        redact(settings.database_url.get_secret_value()), settings.slot, settings.outbox_table,
+        db.redacted(settings.database_url), settings.slot, settings.outbox_table,
     )
     Relay(settings, metrics=metrics, stop=stop).run(once=args.once)
     log.info("relay stopped")

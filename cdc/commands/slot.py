@@ -45,7 +45,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         slots.drop(settings)
         print(f"dropped slot {settings.slot}")
         return 0
-    with db.connect(settings.database_url.get_secret_value()) as conn:
+    with db.connect(settings.database_url) as conn:
         st = slots.status(conn, settings.slot)
     if st is None:
         print(f"slot {settings.slot} does not exist (fix: cdc slot create)", file=sys.stderr)

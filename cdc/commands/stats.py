@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run_verify(args: argparse.Namespace, settings: Settings) -> int:
     """Print the tenants whose view figures differ from count(*); exit 1 if any."""
-    report = casestats.verify(settings.database_url.get_secret_value())
+    report = casestats.verify(settings.database_url)
     if args.json:
         print(orjson.dumps({
             "ok": report.ok, "tenants": report.tenants, "cases": report.cases,
@@ -53,7 +53,7 @@ def run_verify(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     """Repair drifted counters and fold shard rows."""
-    done = casestats.rebuild(settings.database_url.get_secret_value(), fold_only=args.fold_only)
+    done = casestats.rebuild(settings.database_url, fold_only=args.fold_only)
     if args.json:
         print(orjson.dumps({"corrected": done.corrected, "folded": done.folded}).decode())
     else:
@@ -63,6 +63,6 @@ def run_rebuild(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_case_stats(args: argparse.Namespace, settings: Settings) -> int:
     """Print {"total_cases": N, "active_cases": M} for one tenant."""
-    stats = casestats.tenant_stats(settings.database_url.get_secret_value(), tenant_id=args.tenant)
+    stats = casestats.tenant_stats(settings.database_url, tenant_id=args.tenant)
     print(orjson.dumps(stats.as_dict()).decode())
     return 0

@@ -10,7 +10,6 @@ from prometheus_client import start_http_server
 
 from cdc.commands import stop_on_signals
 from cdc.ops.trim import Trimmer, trim_registry
-from cdc.pipeline.route import Router
 from cdc.settings import Settings
 
 
@@ -33,8 +32,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Trim once (or every --interval seconds); exit 1 when a stream is over the cap."""
-    streams = args.stream or Router(settings.routes).streams()
-    trimmer = Trimmer(redis_url=settings.redis_url.get_secret_value(), streams=streams,
+    streams = args.stream or settings.router.streams()
+    trimmer = Trimmer(redis_url=settings.redis_url, streams=streams,
                       cap=args.cap)
     stop = stop_on_signals()
     if args.metrics_port:

@@ -25,14 +25,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run_bind(args: argparse.Namespace, settings: Settings) -> int:
     """Bind one role to one tenant."""
-    new = casestats.bind(settings.database_url.get_secret_value(), args.role, args.tenant)
+    new = casestats.bind(settings.database_url, args.role, args.tenant)
     print(f"{'bound' if new else 'already bound'}: {args.role} reads tenant {args.tenant}")
     return 0
 
 
 def run_unbind(args: argparse.Namespace, settings: Settings) -> int:
     """Remove bindings; exit 1 when there was none to remove."""
-    n = casestats.unbind(settings.database_url.get_secret_value(), args.role, args.tenant)
+    n = casestats.unbind(settings.database_url, args.role, args.tenant)
     what = f"tenant {args.tenant}" if args.tenant else "every tenant"
     print(f"unbound {n} binding(s): {args.role} from {what}")
     return 0 if n else 1
@@ -40,7 +40,7 @@ def run_unbind(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_list(args: argparse.Namespace, settings: Settings) -> int:
     """Print role, tenant, bound_at; mark rows of dropped roles."""
-    for b in casestats.bindings(settings.database_url.get_secret_value()):
+    for b in casestats.bindings(settings.database_url):
         gone = "" if b.exists else "  (role dropped: binds nobody; `cdc vision unbind` it)"
         print(f"{b.role}\t{b.tenant_id}\t{b.bound_at.isoformat()}{gone}")
     return 0

@@ -58,7 +58,7 @@ def rotate(args: argparse.Namespace, settings: Settings) -> int:
     """Re-encrypt every data source's connection_config under the new key."""
     old = crypto.Cipher.from_secret(settings.weaver_secret_key)
     new = _new_key(args.new_key_env)
-    with db.connect(settings.database_url.get_secret_value()) as conn:
+    with db.connect(settings.database_url) as conn:
         done = rotate_key(conn, old, new)
     print(
         f"re-encrypted {done.rotated} connection_config(s) under key id {new.key_id.hex()}"
@@ -70,7 +70,7 @@ def rotate(args: argparse.Namespace, settings: Settings) -> int:
 def check(args: argparse.Namespace, settings: Settings) -> int:
     """Report which key id seals each row; exit 1 if the configured key misses any."""
     cipher = crypto.Cipher.from_secret(settings.weaver_secret_key)
-    with db.connect(settings.database_url.get_secret_value()) as conn:
+    with db.connect(settings.database_url) as conn:
         found = check_key(conn, cipher)
     for e in found.failed:
         print(f"cdc: {e}", file=sys.stderr)

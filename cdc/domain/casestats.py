@@ -103,7 +103,7 @@ def _translated(what: str) -> Iterator[None]:
         raise SourceError(f"{what}: {e}", hint="check PostgreSQL and retry") from None
 
 
-def tenant_stats(dsn: str, *, tenant_id: str) -> TenantStats:
+def tenant_stats(dsn: db.Dsn, *, tenant_id: str) -> TenantStats:
     """Read one tenant's figures through the view, as vision_admin narrowed by app.tenant_id."""
     with _translated("case-stats"), db.connect(dsn) as conn, conn.transaction():
         conn.execute(f"SET LOCAL ROLE {ADMIN_ROLE}")
@@ -112,7 +112,7 @@ def tenant_stats(dsn: str, *, tenant_id: str) -> TenantStats:
     return TenantStats(int(row[0]), int(row[1])) if row else TenantStats(0, 0)
 
 
-def verify(dsn: str) -> Report:
+def verify(dsn: db.Dsn) -> Report:
     """Compare the view with count(*) per tenant and status, both under one snapshot."""
     with _translated("stats verify"), db.connect(dsn) as conn:
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
@@ -146,7 +146,7 @@ def verify(dsn: str) -> Report:
     return Report(tenants=len(actual), cases=cases, mismatches=mismatches)
 
 
-def rebuild(dsn: str, *, fold_only: bool = False) -> Rebuilt:
+def rebuild(dsn: db.Dsn, *, fold_only: bool = False) -> Rebuilt:
     """Repair drift from count(*) and fold shard rows; safe while writers run."""
     with _translated("stats rebuild"), db.connect(dsn) as conn:
         conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
@@ -161,7 +161,7 @@ def rebuild(dsn: str, *, fold_only: bool = False) -> Rebuilt:
     return Rebuilt(corrected=int(row[0]), folded=int(row[1]))
 
 
-def bind(dsn: str, role: str, tenant_id: str) -> bool:
+def bind(dsn: db.Dsn, role: str, tenant_id: str) -> bool:
     """Let members of `role` read `tenant_id`; return False when it already could."""
     if not tenant_id.strip():
         raise ConfigError("vision bind: the tenant id is empty")
@@ -175,7 +175,7 @@ def bind(dsn: str, role: str, tenant_id: str) -> bool:
     return row is not None
 
 
-def unbind(dsn: str, role: str, tenant_id: str | None = None) -> int:
+def unbind(dsn: db.Dsn, role: str, tenant_id: str | None = None) -> int:
     """Take `tenant_id` (every tenant when None) away from `role`; return rows removed.
 
     `role` may be a name or, for a dropped role, the OID `cdc vision list` shows.
@@ -189,7 +189,7 @@ def unbind(dsn: str, role: str, tenant_id: str | None = None) -> int:
         return cur.rowcount
 
 
-def bindings(dsn: str) -> list[Binding]:
+def bindings(dsn: db.Dsn) -> list[Binding]:
     """Return every binding by role and tenant."""
     with _translated("vision list"), db.connect(dsn) as conn:
         rows = conn.execute(

@@ -20,7 +20,7 @@ from psycopg.rows import tuple_row
 from cdc.errors import ConfigError, EventError, StoreError
 from cdc.observe import tracing
 from cdc.pg.ident import TABLE_RE
-from cdc.pipeline.contracts import Registry
+from cdc.pipeline.contracts import Registry, check_event
 
 DEFAULT_TABLE = "public.event_outbox"
 
@@ -66,16 +66,11 @@ def _check(event: Event, registry: Registry, max_bytes: int | None) -> bytes:
         value = getattr(event, name)
         if not isinstance(value, str) or not value.strip():
             raise EventError(f"event {name} must be a non-empty string, got {value!r}")
-    body = event.body()
-    registry.validate(event.event_type, body)
     try:
-        data = orjson.dumps(body)
+        data = orjson.dumps(event.body())
     except TypeError as e:
         raise EventError(f"{event.event_type}: payload is not JSON-serialisable: {e}") from None
-    if max_bytes is not None and len(data) > max_bytes:
-        raise EventError(
-            f"{event.event_type}: payload is {len(data)} bytes, over the {max_bytes}-byte limit"
-        )
+    check_event(registry, event.event_type, data.decode(), max_bytes)  # as the relay will
     return data
 
 

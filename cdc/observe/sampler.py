@@ -16,7 +16,6 @@ from psycopg import sql
 from cdc.errors import CdcError
 from cdc.observe.metrics import Metrics
 from cdc.pg import db, slots
-from cdc.pipeline.route import Router
 from cdc.settings import Settings
 from cdc.streams import groups, keys, redisconn, redisstate
 
@@ -42,7 +41,7 @@ class Sampler(threading.Thread):
         self._m = metrics
         self._stop_event = stop
         self._interval = interval
-        self._streams = Router(settings.routes).streams()
+        self._streams = settings.router.streams()
         self._failing: set[str] = set()
         self._cluster: bool | None = None
 
@@ -74,7 +73,7 @@ class Sampler(threading.Thread):
 
     def sample_redis(self) -> None:
         """Read DLQ depth, stream lengths, consumer-group lag and pending from Redis."""
-        url = self._s.redis_url.get_secret_value()
+        url = self._s.redis_url
         if self._cluster is None:  # asked once: a Redis does not turn into a cluster
             self._cluster = redisconn.is_cluster(url, timeout=2)
         with contextlib.closing(
@@ -92,9 +91,7 @@ class Sampler(threading.Thread):
 
     def sample_postgres(self) -> None:
         """Read slot lag, whether the slot is held, and PENDING rows from PostgreSQL."""
-        with psycopg.connect(
-            self._s.database_url.get_secret_value(), autocommit=True, connect_timeout=2
-        ) as conn:
+        with db.connect(self._s.database_url, autocommit=True, connect_timeout=2) as conn:
             conn.execute("SET statement_timeout = '2s'")
             st = slots.status(conn, self._s.slot)
             if st is not None and st.lag_bytes is not None:

@@ -21,8 +21,8 @@ from psycopg import sql
 
 from cdc.errors import EventError
 from cdc.pg import db
-from cdc.pipeline.contracts import Registry
-from cdc.pipeline.route import Router
+from cdc.pipeline.contracts import Registry, check_event
+from cdc.pipeline.marks import id_list, mark_published
 from cdc.settings import Settings
 from cdc.streams import keys
 from cdc.streams.redisconn import Client, redis_errors
@@ -164,9 +164,7 @@ def dlq_entries(client: Client) -> dict[str, str]:
 def _check(dead: DeadLetter, registry: Registry, max_bytes: int) -> None:
     """Raise EventError when the relay would still refuse the event (size, contract)."""
     assert dead.payload is not None
-    if len(dead.payload.encode()) > max_bytes:
-        raise EventError(f"payload is over {max_bytes} bytes")
-    registry.validate(dead.event_type, orjson.loads(dead.payload))
+    check_event(registry, dead.event_type, dead.payload, max_bytes)
 
 
 def replay(
@@ -185,7 +183,7 @@ def replay(
                 report.missing.append(ident)
             else:
                 targets.append(dead)
-    router = Router(settings.routes)
+    router = settings.router
     registry = Registry(unknown=settings.unknown_events)
     entries = dlq_entries(client) if targets else {}
     by_stream: dict[str, list[Row]] = {}
@@ -231,11 +229,7 @@ def _mark(
             (stream, list(added), ids),
         )
         conn.execute(
-            sql.SQL(
-                "UPDATE {} SET status = 'PUBLISHED', published_at = now()"
-                " WHERE id = ANY(%s::uuid[]) AND status = 'DEAD_LETTER'"
-            ).format(db.table_ident(settings.outbox_table)),
-            (ids,),
+            mark_published(settings.outbox_table, from_status=("DEAD_LETTER",)), (id_list(ids),)
         )
 
 

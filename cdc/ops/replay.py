@@ -20,7 +20,6 @@ from psycopg import sql
 
 from cdc.errors import CdcError, EventError
 from cdc.pg import db
-from cdc.pipeline.route import Router
 from cdc.settings import Settings
 from cdc.streams import keys, redisstate
 from cdc.streams.redisconn import Client, redis_errors
@@ -98,7 +97,7 @@ def replay(
 ) -> ReplayRun:
     """Republish the rows in `rng` (or only count them with `dry_run`)."""
     run = ReplayRun(replay_id)
-    router = Router(settings.routes)
+    router = settings.router
     pub = None
     if not dry_run:
         assert client is not None

@@ -20,7 +20,6 @@ from redis.cluster import RedisCluster
 from cdc.errors import CdcError
 from cdc.ops import dlq
 from cdc.pg import db, slots
-from cdc.pipeline.route import Router
 from cdc.settings import Settings
 from cdc.streams import groups, keys, redisconn, redisstate
 
@@ -98,7 +97,7 @@ def _one_line(e: BaseException) -> str:
 
 
 def _postgres(settings: Settings, snap: Snapshot, limits: Limits) -> None:
-    with db.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+    with db.connect(settings.database_url, autocommit=True) as conn:
         conn.execute("SET statement_timeout = '5s'")
         st = slots.status(conn, settings.slot)
         if st is None:
@@ -151,7 +150,7 @@ def _reset_problems(conn: db.Conn, settings: Settings, snap: Snapshot) -> None:
     if instance is None:
         return
     try:
-        with redisconn.connect(settings.redis_url.get_secret_value()) as client:
+        with redisconn.connect(settings.redis_url) as client:
             token = client.get(keys.REDIS_INSTANCE)
     except (CdcError, redis.RedisError):
         return  # the Redis section reports it
@@ -184,10 +183,10 @@ def _slot_problems(st: slots.SlotStatus, snap: Snapshot, limits: Limits) -> None
 
 
 def _redis(settings: Settings, snap: Snapshot) -> None:
-    client = redisconn.connect(settings.redis_url.get_secret_value())
+    client = redisconn.connect(settings.redis_url)
     now_ms = time.time() * 1000
     with client, redisconn.redis_errors("XINFO"):
-        for name in Router(settings.routes).streams():
+        for name in settings.router.streams():
             if not client.exists(name):
                 snap.streams.append(Stream(name, 0, None))
                 continue

@@ -40,7 +40,9 @@ class TrimResult:
 class Trimmer:
     """Trim `streams` below what every group has acked; alarm above `cap` entries."""
 
-    def __init__(self, *, redis_url: str, streams: Sequence[str], cap: int = 1_000_000) -> None:
+    def __init__(
+        self, *, redis_url: redisconn.Url, streams: Sequence[str], cap: int = 1_000_000
+    ) -> None:
         self.streams = list(streams)
         self.cap = cap
         self.removed_total = dict.fromkeys(self.streams, 0)

@@ -1,4 +1,8 @@
-"""PostgreSQL connections with library errors translated at the edge."""
+"""PostgreSQL connections with library errors translated at the edge.
+
+CDC_DATABASE_URL travels as a SecretStr and is unwrapped only here, where a connection is
+made (and in `pg.migrate.run_psql`, which hands psql its password through the environment).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,13 @@ from typing import Any, TypeAlias
 
 import psycopg
 from psycopg import sql
+from pydantic import SecretStr
 
 from cdc.errors import CdcError, ConfigError, MigrationError, SourceError
 from cdc.settings import redact
 
 Conn: TypeAlias = psycopg.Connection[tuple[Any, ...]]
+Dsn: TypeAlias = str | SecretStr  # CDC_DATABASE_URL as settings hold it, or a plain DSN
 
 PRIVILEGE_HINT = (
     "GRANT cdc_relay TO <the relay's login role>; (`cdc migrate` creates cdc_relay;"
@@ -34,16 +40,30 @@ def table_ident(table: str, relation: str | None = None) -> sql.Identifier:
     return sql.Identifier(schema, relation or name)
 
 
+def reveal(dsn: Dsn) -> str:
+    """Return the DSN itself: for the functions that open connections, and for no one else."""
+    return dsn.get_secret_value() if isinstance(dsn, SecretStr) else dsn
+
+
+def redacted(dsn: Dsn) -> str:
+    """Return the DSN with any password replaced, safe to log."""
+    return redact(reveal(dsn))
+
+
 def connect(
-    dsn: str,
+    dsn: Dsn,
     *,
     autocommit: bool = False,
     hint: str = "check CDC_DATABASE_URL and that PostgreSQL is running",
+    connect_timeout: int = 10,
     **kwargs: Any,
 ) -> Conn:
     """Open a connection; a bad DSN or an unreachable server becomes a one-line error."""
+    dsn = reveal(dsn)
     try:
-        return psycopg.connect(dsn, autocommit=autocommit, connect_timeout=10, **kwargs)
+        return psycopg.connect(
+            dsn, autocommit=autocommit, connect_timeout=connect_timeout, **kwargs
+        )
     except psycopg.ProgrammingError:
         raise ConfigError(
             "CDC_DATABASE_URL is not a valid PostgreSQL DSN",  # libpq's text echoes it

@@ -100,7 +100,7 @@ def _applied(conn: db.Conn) -> dict[int, tuple[str, datetime]]:
     return {int(v): (str(c), a) for v, c, a in rows}
 
 
-def status(dsn: str, directory: Path) -> list[State]:
+def status(dsn: db.Dsn, directory: Path) -> list[State]:
     """Return every migration with its applied time (None when pending)."""
     migrations = load(directory)
     with db.connect(dsn) as conn:
@@ -118,7 +118,7 @@ def _check_unchanged(migrations: list[Migration], applied: dict[int, tuple[str, 
             )
 
 
-def apply(dsn: str, directory: Path) -> list[Migration]:
+def apply(dsn: db.Dsn, directory: Path) -> list[Migration]:
     """Apply every pending migration with psql --single-transaction; return those applied."""
     migrations = load(directory)
     done: list[Migration] = []
@@ -140,10 +140,10 @@ def apply(dsn: str, directory: Path) -> list[Migration]:
     return done
 
 
-def run_psql(dsn: str, path: Path) -> None:
+def run_psql(dsn: db.Dsn, path: Path) -> None:
     """Run one SQL file through psql in a single transaction, password kept out of argv."""
     try:
-        params = conninfo_to_dict(dsn)
+        params = conninfo_to_dict(db.reveal(dsn))
     except psycopg.ProgrammingError:  # libpq's message would echo the DSN, password included
         raise ConfigError("CDC_DATABASE_URL is not a valid PostgreSQL DSN") from None
     env = dict(os.environ, PGOPTIONS="-c client_min_messages=warning")

@@ -89,7 +89,7 @@ def lock(conn: db.Conn, slot: str) -> None:
 
 def ensure(settings: Settings) -> bool:
     """Create the slot when absent; return True if it was created now."""
-    dsn = settings.database_url.get_secret_value()
+    dsn = settings.database_url
     try:
         with db.connect(dsn, autocommit=True) as conn:
             if status(conn, settings.slot) is not None:
@@ -110,7 +110,7 @@ def create(settings: Settings, *, exist_ok: bool = False) -> str | None:
 
     Return the slot's consistent point (None if it existed and `exist_ok`).
     """
-    dsn = settings.database_url.get_secret_value()
+    dsn = settings.database_url
     rconn = replication_connect(dsn)
     try:
         try:
@@ -173,7 +173,7 @@ def _queue_backfill(conn: db.Conn, settings: Settings, consistent: str, snapshot
         )
 
 
-def _drop_quietly(dsn: str, slot: str) -> None:
+def _drop_quietly(dsn: db.Dsn, slot: str) -> None:
     try:
         with db.connect(dsn, autocommit=True) as conn:
             conn.execute(
@@ -186,7 +186,7 @@ def _drop_quietly(dsn: str, slot: str) -> None:
 
 def drop(settings: Settings) -> None:
     """Drop the slot (and its backfill queue)."""
-    with db.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
+    with db.connect(settings.database_url, autocommit=True) as conn:
         try:
             conn.execute("SELECT pg_drop_replication_slot(%s)", (settings.slot,))
         except psycopg.errors.UndefinedObject:

@@ -1,3 +1,4 @@
-"""The relay, stage by stage: source, decode, route, contracts, sink, checkpoint, write-back, dead
-letters, backfill, the session.
+"""The relay, stage by stage: source, decode, route, contracts, publisher, sink, checkpoint,
+marks and write-back, dead letters, backfill; stages.py their Protocols, session.py builds
+them, loop.py runs them, relay.py runs sessions one after another.
 """

@@ -1,15 +1,17 @@
-"""One-shot catch-up: publish the PENDING rows that predate the slot, then let the stream rule.
+"""One-shot catch-up: the PENDING rows that predate the slot, before the stream rules.
 
 The rows were queued in `cdc_backfill` under the slot's exported snapshot, so none of
-them is also in the stream. They are drained in created_at order by
-`SELECT ... FOR UPDATE` batches, deduplicated in Redis under the keys
+them is also in the stream. `batches` yields them in created_at order, each batch inside
+its own transaction that holds its rows (`SELECT ... FOR UPDATE`); the caller publishes
+and marks it (session.py: the same Publisher and Marker steps as the stream) before asking
+for the next, which dequeues it in that transaction. Deduplicated in Redis under the keys
 (slot epoch, consistent point - 1, seq), which sort below every streamed event of that slot.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Iterator
 
 from psycopg import sql
 
@@ -20,14 +22,15 @@ from cdc.pipeline.checkpoint import Batch
 from cdc.pipeline.decode import OutboxEvent, dedup_key
 from cdc.settings import Settings
 
-if TYPE_CHECKING:
-    from cdc.pipeline.relay import Publisher
-
 log = logging.getLogger(__name__)
 
 
-def backfill(settings: Settings, conn: db.Conn, pub: Publisher, *, epoch: int) -> int:
-    """Publish the slot's queued pre-slot rows; return how many were published now."""
+def batches(settings: Settings, conn: db.Conn, *, epoch: int) -> Iterator[Batch]:
+    """Yield the slot's queued pre-slot rows in batches; publish each before the next.
+
+    A batch's transaction stays open while it is out: an error in the caller (or closing
+    the generator early) rolls it back and leaves its rows queued for the next session.
+    """
     row = conn.execute(
         "SELECT consistent_lsn::text, backfilled_at IS NOT NULL FROM public.cdc_slot"
         " WHERE slot_name = %s", (settings.slot,)
@@ -38,9 +41,9 @@ def backfill(settings: Settings, conn: db.Conn, pub: Publisher, *, epoch: int) -
             " are not backfilled (fix: stop the relay, `cdc slot drop --yes`, `cdc slot create`)",
             settings.slot,
         )
-        return 0
+        return
     if row[1]:
-        return 0
+        return
     base = lsnlib.parse(row[0]) - 1
     select = sql.SQL(
         "SELECT b.seq, o.id::text, o.tenant_id, o.aggregate_type, o.aggregate_id, o.event_type,"
@@ -74,9 +77,7 @@ def backfill(settings: Settings, conn: db.Conn, pub: Publisher, *, epoch: int) -
                 )
                 for r in rows
             ]
-            batch = Batch(events, 0)
-            pub.send(batch)
-            pub.ack(batch)
+            yield Batch(events, 0)  # published and marked when this resumes
             conn.execute(
                 "DELETE FROM public.cdc_backfill WHERE slot_name = %s AND seq = ANY(%s)",
                 (settings.slot, [e.position for e in events]),
@@ -93,4 +94,3 @@ def backfill(settings: Settings, conn: db.Conn, pub: Publisher, *, epoch: int) -
     )
     if total:
         log.info("backfill of slot %s published %d pre-slot events", settings.slot, total)
-    return total

@@ -1,4 +1,4 @@
-"""Event contract registry: a pydantic model per event type (the seed's EventContractRegistry).
+"""Event contract registry: each payload checked against its type's model (payloads.py).
 
 A payload that fails its model is a per-event failure (retried, then dead-lettered).
 Unknown event types pass by default; `unknown_events="dead_letter"` rejects them.
@@ -11,10 +11,11 @@ from collections.abc import Callable, Mapping
 from typing import Any, cast
 
 import orjson
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 from pydantic_core import CoreConfig, SchemaValidator, core_schema
 
-from cdc.errors import EventError
+from cdc.errors import EventError, EventTooLarge
+from cdc.pipeline.payloads import DEFAULT_CONTRACTS, Contract
 
 
 class _Number(str):
@@ -47,105 +48,6 @@ def jsonb_text(value: Any) -> str:
     return "{" + ", ".join(
         f"{json.dumps(k, ensure_ascii=False)}: {jsonb_text(v)}" for k, v in value.items()
     ) + "}"
-
-
-class Contract(BaseModel):
-    """Base of every event payload: extra fields allowed, idempotency key optional."""
-
-    model_config = ConfigDict(extra="allow", frozen=True)
-    idempotency_key: str | None = None
-
-
-class CaseCreated(Contract):
-    case_id: str
-    status: str
-    at: int | None = None  # trigger clock, µs: the order of a case's events (sql/008)
-
-
-class CaseStatusChanged(Contract):
-    case_id: str
-    from_status: str | None
-    to_status: str
-    at: int | None = None
-
-
-class WatchAlertTriggered(Contract):
-    watch_id: str
-    alert_id: str
-    severity: str
-
-
-class WorkerTaskCompleted(Contract):
-    task_id: str
-    worker_id: str
-
-
-class MiningTaskCompleted(Contract):
-    task_id: str
-    task_type: str
-    result_id: str
-
-
-class MiningTaskFailed(Contract):
-    task_id: str
-    task_type: str
-    error: str
-
-
-class CaseRoleAssigned(Contract):
-    case_id: str
-    role_id: str
-    role_name: str
-    assignee_id: str | None = None
-    at: int | None = None  # the producer's order; the outbox row's created_at when absent
-
-
-class MaterializedTableRegistered(Contract):
-    table_id: str
-    datasource_id: str
-    target: str
-
-
-class MaterializedTableRedefined(Contract):
-    table_id: str
-    target: str
-
-
-class MaterializedTableRefreshed(Contract):
-    table_id: str
-    target: str
-    refresh: int
-    row_count: int
-
-
-class MaterializedTableRefreshFailed(Contract):
-    table_id: str
-    target: str
-    refresh: int
-    error: str
-
-
-class MiningModelSaved(Contract):
-    task_id: str
-    model_id: str
-    version: int
-    model_format: str
-
-
-DEFAULT_CONTRACTS: Mapping[str, type[Contract]] = {
-    "CASE_CREATED": CaseCreated,
-    "CASE_STATUS_CHANGED": CaseStatusChanged,
-    "WATCH_ALERT_TRIGGERED": WatchAlertTriggered,
-    "WORKER_TASK_COMPLETED": WorkerTaskCompleted,
-    "MINING_TASK_COMPLETED": MiningTaskCompleted,
-    "MINING_TASK_FAILED": MiningTaskFailed,
-    "CASE_ROLE_ASSIGNED": CaseRoleAssigned,
-    "MATERIALIZED_TABLE_REGISTERED": MaterializedTableRegistered,
-    "MATERIALIZED_TABLE_REDEFINED": MaterializedTableRedefined,
-    "MATERIALIZED_TABLE_REFRESHED": MaterializedTableRefreshed,
-    "MATERIALIZED_TABLE_REFRESH_FAILED": MaterializedTableRefreshFailed,
-    "MINING_MODEL_SAVED": MiningModelSaved,
-}
 
 
 class Registry:
@@ -210,6 +112,25 @@ class Registry:
     def known(self) -> list[str]:
         """Return the registered event types."""
         return sorted(self._contracts)
+
+
+def check_event(
+    registry: Registry, event_type: str, payload: str, max_bytes: int | None
+) -> str:
+    """Check a JSON payload's size, then its contract; return its idempotency key ("" if none).
+
+    The one check, with one wording, for the relay, a DLQ replay and producers (emit):
+    raise EventTooLarge over `max_bytes` (None: no limit), EventError on a broken contract.
+    """
+    # UTF-8 takes at most 4 bytes a character: encode only when it could matter.
+    if max_bytes is not None and len(payload) * 4 > max_bytes:
+        size = len(payload.encode())
+        if size > max_bytes:
+            raise EventTooLarge(
+                f"{event_type}: payload is {size} bytes, over the {max_bytes}-byte limit"
+                " (CDC_MAX_EVENT_BYTES)", size=size,
+            )
+    return registry.validate_json(event_type, payload)
 
 
 _MODEL_KEYS = {"type", "cls", "schema", "config", "custom_init", "root_model", "ref", "metadata"}

@@ -21,7 +21,7 @@ from cdc.errors import EventError, EventTooLarge, SourceError
 from cdc.pg import db
 from cdc.pg.db import Conn
 from cdc.pipeline.decode import OutboxEvent
-from cdc.pipeline.writeback import FENCE_PASSED_SQL, take_fence
+from cdc.pipeline.marks import FENCE_PASSED_SQL, take_fence
 
 log = logging.getLogger(__name__)
 

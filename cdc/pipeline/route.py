@@ -34,6 +34,7 @@ class Router:
     """Pick a stream for each event type; first matching rule wins; results cached."""
 
     def __init__(self, rules: str) -> None:
+        self.rules = rules  # the CDC_ROUTES text this was parsed from
         self._rules: list[tuple[str, str]] = []
         self.partitions: dict[str, int] = {}  # stream → N, for every rule's stream
         for part in rules.split(","):

@@ -22,35 +22,22 @@ from collections.abc import Iterable
 from typing import Any
 
 import redis
-from redis.cluster import ClusterNode, RedisCluster
-from redis.connection import parse_url
+from pydantic import SecretStr
+from redis.cluster import RedisCluster
 
 from cdc.errors import ConfigError, SinkError
 from cdc.streams import keys, luascripts
-from cdc.streams.redisconn import is_cluster, pool, redis_errors, translate
+from cdc.streams.entries import DLQ_FIELDS, ENTRY_FIELDS, STREAM_FIELDS
+from cdc.streams.redisconn import cluster_client, is_cluster, pool, redis_errors, translate
 
-ENTRY_FIELDS = (
-    "event_id", "event_type", "aggregate_type", "aggregate_id", "tenant_id",
-    "payload", "idempotency_key", "created_at", "commit_lsn",
-)
-# A traced event's entry carries these two more (cdc/tracing.py); an untraced one stops at
-# ENTRY_FIELDS: publish.lua writes as many fields as the entry has values.
-STREAM_FIELDS = (*ENTRY_FIELDS, "traceparent", "tracestate")
-DLQ_FIELDS = (
-    *ENTRY_FIELDS, "error", "original_stream", "payload_bytes", "payload_truncated"
-)
 # Per field list: its packed names and how many of its fields every entry has.
 _NAMES: dict[tuple[str, ...], tuple[bytes, int]] = {
     STREAM_FIELDS: (luascripts.pack(STREAM_FIELDS), len(ENTRY_FIELDS)),
     DLQ_FIELDS: (luascripts.pack(DLQ_FIELDS), len(DLQ_FIELDS)),
 }
 PUBLISH = luascripts.script("publish")
-# Raise a mark to a value unless it is higher already (format-1 marks migrated, keys.hwm).
-RAISE_MARK_LUA = """
-local cur = redis.call('GET', KEYS[1]) or ''
-if cur < ARGV[1] then redis.call('SET', KEYS[1], ARGV[1]) end
-return cur
-"""
+RAISE_MARK = luascripts.script("raise_mark")  # format-1 marks migrated (keys.hwm)
+WAIT_SLICE_S = 0.002  # wait(): how long a reply is waited for before the source is looked at
 # What a batch's commands await: (node index, replies to read) per node written.
 Replies = tuple[tuple[int, int], ...]
 
@@ -59,7 +46,7 @@ class RedisSink:
     """Publish batches of entries to streams, atomically deduplicated per stream."""
 
     def __init__(
-        self, url: str, *, maxlen: int = 0, timeout: float = 5.0, min_replicas: int = 0,
+        self, url: str | SecretStr, *, maxlen: int = 0, timeout: float = 5.0, min_replicas: int = 0,
         wait_timeout_ms: int = 1000, known_nodes: list[tuple[str, int]] | None = None,
     ) -> None:
         self._pool = pool(url, timeout=timeout)  # a Sentinel's pool follows the primary
@@ -87,7 +74,10 @@ class RedisSink:
                     raise
                 cluster = True  # that node is down: start from the others the last session saw
             if cluster:
-                self._cluster = self._cluster_client()
+                # From CDC_REDIS_URL, or from the nodes seen before when that one is down.
+                self._cluster = cluster_client(
+                    self._url, timeout=self._timeout, nodes=self.known_nodes
+                )
                 self.known_nodes = [
                     (n.host, int(n.port)) for n in self._cluster.get_nodes()  # type: ignore[no-untyped-call]
                 ]
@@ -99,18 +89,6 @@ class RedisSink:
         except SinkError:
             self.close()
             raise
-
-    def _cluster_client(self) -> RedisCluster:
-        """Return a cluster client from CDC_REDIS_URL, or from the nodes seen before."""
-        opts: dict[str, Any] = {
-            "socket_timeout": self._timeout, "socket_connect_timeout": self._timeout,
-        }
-        if not self.known_nodes:
-            return RedisCluster.from_url(self._url, **opts)
-        creds = {k: v for k, v in parse_url(self._url).items()  # type: ignore[no-untyped-call]
-                 if k in ("username", "password", "ssl")}
-        nodes = [ClusterNode(host, port) for host, port in self.known_nodes]  # type: ignore[no-untyped-call]
-        return RedisCluster(startup_nodes=nodes, **creds, **opts)
 
     def _open(self, pool: Any) -> int:
         conn = pool.make_connection()
@@ -180,7 +158,8 @@ class RedisSink:
                     continue
                 old = self._call(old_key, "GET", old_key)
                 if old is not None:
-                    self._call(new_key, "EVAL", RAISE_MARK_LUA, 1, new_key, old)
+                    # EVAL, not EVALSHA: this runs once a mark, on a connection without it.
+                    self._call(new_key, "EVAL", RAISE_MARK.text, 1, new_key, old)
                     self._call(old_key, "DEL", old_key)
                     moved += 1
             self._call(keys.FORMAT, "SET", keys.FORMAT, keys.FORMAT_VERSION)
@@ -245,23 +224,26 @@ class RedisSink:
         return tuple((node, len(cmds)) for node, cmds in per_node.items())
 
     def wait(self, other_fd: int, timeout: float, replies: Replies = ((0, 1),)) -> bool:
-        """Wait until a reply of `replies` or `other_fd` is readable; True when one is ready."""
+        """Wait until a reply of `replies` is readable, `other_fd` is, or `timeout` passes.
+
+        Return True when a reply is ready. redis-py shows no socket to select on, so this
+        polls the nodes (`can_read`, non-destructive), then `other_fd`, then waits on the
+        first node for at most WAIT_SLICE_S: the caller looks at its source in between.
+        """
         if not replies:  # nothing was sent: nothing to wait for
             return True
         try:
-            socks = []
-            for node, _ in replies:
-                conn = self._conns[node]
+            conns = [self._conns[node] for node, _ in replies]
+            for conn in conns:
+                if not conn.is_connected:  # can_read would reconnect, losing the replies
+                    raise redis.ConnectionError("connection closed")
                 if conn.can_read(timeout=0):
                     return True
-                sock = conn._sock  # redis-py keeps its socket here; we only select on it
-                if sock is None:
-                    raise redis.ConnectionError("connection closed")
-                socks.append(sock)
-            readable, _, _ = select.select([*socks, other_fd], [], [], timeout)
+            if select.select([other_fd], [], [], 0)[0]:
+                return False
+            return bool(conns[0].can_read(timeout=min(timeout, WAIT_SLICE_S)))
         except (redis.RedisError, OSError, ValueError) as e:  # Redis went away while we waited
             raise translate(e, "XADD") from None
-        return any(s in readable for s in socks)
 
     def read_replies(self, replies: Replies) -> int:
         """Read a batch's replies in order; return how many entries were added.

@@ -46,7 +46,7 @@ def plugin_options(table: str) -> sql.Composed:
     )
 
 
-def replication_connect(dsn: str) -> db.Conn:
+def replication_connect(dsn: db.Dsn) -> db.Conn:
     """Open a logical replication connection; errors become SourceError/ConfigError."""
     return db.connect(
         dsn, autocommit=True, replication="database",
@@ -57,7 +57,7 @@ def replication_connect(dsn: str) -> db.Conn:
 class ReplicationStream:
     """A started logical replication stream on one slot."""
 
-    def __init__(self, dsn: str, *, slot: str, table: str) -> None:
+    def __init__(self, dsn: db.Dsn, *, slot: str, table: str) -> None:
         self._conn = replication_connect(dsn)
         # 0/0: start at the slot's confirmed_flush_lsn
         stmt = sql.SQL("START_REPLICATION SLOT {} LOGICAL 0/0 ({})").format(

@@ -21,62 +21,19 @@ import time
 from dataclasses import dataclass
 
 import psycopg
-from psycopg import sql
 
 from cdc.errors import CdcError, SourceError
 from cdc.pg import db
+from cdc.pipeline.marks import (
+    FENCE_PASSED_SQL,
+    configure,
+    id_list,
+    mark_published,
+    missing_after_mark,
+    take_fence,
+)
 
 log = logging.getLogger(__name__)
-
-
-def mark_published(table: str) -> sql.Composed:
-    """Return the UPDATE that marks acknowledged rows; its parameter is `id_list(ids)`.
-
-    The ids travel as one comma-separated text: dumping a Python list as an array costs
-    the relay ~1 µs an id, the join almost nothing.
-    """
-    return sql.SQL(
-        "UPDATE {} SET status = 'PUBLISHED', published_at = now()"
-        " WHERE id = ANY(string_to_array(%s, ',')::uuid[]) AND status IN ('PENDING', 'FAILED')"
-    ).format(db.table_ident(table))
-
-
-def missing_after_mark(table: str) -> sql.Composed:
-    """Return the UPDATE of `mark_published` that also returns the ids it could not see.
-
-    Its parameter is `id_list(ids)` twice. One statement, so one snapshot: a row it does not
-    return was visible, and is now PUBLISHED (or already was, or is DEAD_LETTER).
-    """
-    t = db.table_ident(table)
-    return sql.SQL(
-        "WITH marked AS (UPDATE {} SET status = 'PUBLISHED', published_at = now()"
-        " WHERE id = ANY(string_to_array(%s, ',')::uuid[]) AND status IN ('PENDING', 'FAILED')"
-        " RETURNING 1)"
-        " SELECT w.id::text FROM unnest(string_to_array(%s, ',')::uuid[]) AS w(id)"
-        " WHERE NOT EXISTS (SELECT 1 FROM {} o WHERE o.id = w.id)"
-    ).format(t, t)
-
-
-# Whether every transaction below a fence (`take_fence`) has ended: then a commit decoded
-# before the fence was taken is visible to every new snapshot.
-FENCE_PASSED_SQL = "SELECT pg_snapshot_xmin(pg_current_snapshot()) > %s::text::xid8"
-
-
-def take_fence(conn: db.Conn) -> str:
-    """Return a new transaction id: above that of every commit decoded so far.
-
-    Its commit is local only, so a synchronous standby that never answers cannot hold it.
-    """
-    with conn.transaction():
-        conn.execute("SET LOCAL synchronous_commit = local")
-        row = conn.execute("SELECT pg_current_xact_id()::text").fetchone()
-    assert row is not None
-    return str(row[0])
-
-
-def id_list(ids: list[str]) -> str:
-    """Return `ids` (uuids, never holding a comma) as the parameter of `mark_published`."""
-    return ",".join(ids)
 
 
 COALESCE_IDS = 5000  # at most this many ids in one UPDATE when batches queue up
@@ -95,34 +52,26 @@ class Owed:
     since: float
 
 
-def bookkeeping(conn: db.Conn) -> None:
-    """Let the relay's own writes (marks, dead letters, its records) commit locally.
-
-    A synchronous standby that never answers must not hold the relay: a mark lost in a
-    failover is written again (delivery across a PostgreSQL failover is at-least-once).
-    """
-    conn.execute("SET synchronous_commit = local")
-
-
-def configure(conn: db.Conn) -> None:
-    """Set up a session that runs only the write-back UPDATE."""
-    bookkeeping(conn)
-    conn.execute("SET statement_timeout = '30s'")
-    # Steer the UPDATE from a plain index scan, which visits the rows in id order (random
-    # heap pages), to a bitmap scan of the primary key, which visits them in heap order:
-    # on a 200k-row outbox, 3.6 against 4.0 us a row for 500 ids. On a large analysed
-    # table the planner picks the bitmap scan itself. Only plain index scans are disabled,
-    # so a plan never ends up costed at the 1e10 penalty (which would also switch on JIT).
-    conn.execute("SET enable_indexscan = off")
-
-
 class WriteBack:
-    """A thread that marks acknowledged batches in order: one UPDATE per batch or fewer."""
+    """A thread that marks acknowledged batches in order: one UPDATE per batch or fewer.
 
-    def __init__(self, dsn: str, *, table: str, start_lsn: int) -> None:
+    It owns `conn` (autocommit, configured here) and closes it in `close`.
+    """
+
+    @classmethod
+    def open(cls, dsn: db.Dsn, *, table: str, start_lsn: int) -> WriteBack:
+        """Connect, then start the write-back on that connection."""
+        conn = db.connect(dsn, autocommit=True)
+        try:
+            return cls(conn, table=table, start_lsn=start_lsn)
+        except BaseException:
+            conn.close()
+            raise
+
+    def __init__(self, conn: db.Conn, *, table: str, start_lsn: int) -> None:
         self._update = mark_published(table)
         self._missing = missing_after_mark(table)
-        self._conn = db.connect(dsn, autocommit=True)
+        self._conn = conn
         configure(self._conn)
         self._queue: queue.Queue[tuple[list[str], int] | None] = queue.Queue(maxsize=64)
         self._cond = threading.Condition()

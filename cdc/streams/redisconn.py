@@ -8,6 +8,8 @@ CDC_REDIS_URL is one of
                                                  failovers (sentinel port default 26379)
 The password is the data nodes'; `?sentinel_password=...` authenticates to the Sentinels.
 redis-py has no URL form for Sentinel; this is the common `redis+sentinel` convention.
+The functions that make connections take the URL as settings hold it (a SecretStr) and
+unwrap it themselves (`reveal`): nothing else needs to see the password.
 """
 
 from __future__ import annotations
@@ -21,8 +23,9 @@ from urllib.parse import parse_qs, unquote, urlsplit, urlunsplit
 import redis
 import redis.asyncio
 import redis.asyncio.sentinel
-from redis.cluster import RedisCluster
-from redis.connection import ConnectionPool
+from pydantic import SecretStr
+from redis.cluster import ClusterNode, RedisCluster
+from redis.connection import ConnectionPool, parse_url
 from redis.sentinel import Sentinel
 
 from cdc.errors import ConfigError, SinkError
@@ -32,12 +35,18 @@ SENTINEL_SCHEME = "redis+sentinel"
 SENTINEL_PORT = 26379
 # What the operator tools get: a cluster client on a Redis Cluster, else a plain client.
 Client: TypeAlias = redis.Redis | RedisCluster
+Url: TypeAlias = str | SecretStr  # CDC_REDIS_URL as settings hold it, or a plain URL
 
 
-def redact_url(url: str) -> str:
+def reveal(url: Url) -> str:
+    """Return the URL itself: for the functions here that open connections, no one else."""
+    return url.get_secret_value() if isinstance(url, SecretStr) else url
+
+
+def redact_url(url: Url) -> str:
     """Return a redis:// or redis+sentinel:// URL with any password replaced, safe to print."""
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(reveal(url))
     except ValueError:
         return "<unparseable URL>"
     userinfo, at, hosts = parts.netloc.rpartition("@")
@@ -60,19 +69,19 @@ class SentinelUrl:
     sentinel_password: str | None = field(repr=False)
 
 
-def is_sentinel(url: str) -> bool:
+def is_sentinel(url: Url) -> bool:
     """Tell whether `url` names a Sentinel-managed primary."""
-    return url.split("://", 1)[0].lower() == SENTINEL_SCHEME
+    return reveal(url).split("://", 1)[0].lower() == SENTINEL_SCHEME
 
 
-def parse_sentinel(url: str) -> SentinelUrl:
+def parse_sentinel(url: Url) -> SentinelUrl:
     """Parse a redis+sentinel:// URL, or raise ConfigError (never echoing the URL)."""
     bad = ConfigError(
         "CDC_REDIS_URL is not a valid Sentinel URL",
         hint="use redis+sentinel://[:password@]host:port[,host:port]/service_name[/db]",
     )
     try:
-        parts = urlsplit(url)
+        parts = urlsplit(reveal(url))
         userinfo, at, hosts = parts.netloc.rpartition("@")
         sentinels = []
         for item in hosts.split(","):
@@ -139,8 +148,9 @@ def _sentinel(url: str, timeout: float) -> tuple[Sentinel, SentinelUrl]:
     return sentinel, s
 
 
-def pool(url: str, *, timeout: float) -> ConnectionPool:
+def pool(url: Url, *, timeout: float) -> ConnectionPool:
     """Return a connection pool for `url`: the Sentinel's primary, or the one Redis named."""
+    url = reveal(url)
     if is_sentinel(url):
         sentinel, s = _sentinel(url, timeout)
         master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
@@ -191,8 +201,9 @@ def bad_url() -> ConfigError:
     )
 
 
-def client(url: str, *, timeout: float, decode: bool = True) -> redis.Redis:
+def client(url: Url, *, timeout: float, decode: bool = True) -> redis.Redis:
     """Return a client (not yet connected) of one Redis or the Sentinel's primary."""
+    url = reveal(url)
     if is_sentinel(url):
         sentinel, s = _sentinel(url, timeout)
         primary: _SentinelPrimary = sentinel.master_for(  # type: ignore[no-untyped-call]
@@ -210,8 +221,9 @@ def client(url: str, *, timeout: float, decode: bool = True) -> redis.Redis:
         raise bad_url() from None
 
 
-def async_client(url: str, *, timeout: float, decode: bool = True) -> redis.asyncio.Redis:
+def async_client(url: Url, *, timeout: float, decode: bool = True) -> redis.asyncio.Redis:
     """Return a redis.asyncio client of one Redis or the Sentinel's primary."""
+    url = reveal(url)
     if is_sentinel(url):
         s = parse_sentinel(url)
         sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
@@ -232,8 +244,9 @@ def async_client(url: str, *, timeout: float, decode: bool = True) -> redis.asyn
         raise bad_url() from None
 
 
-def is_cluster(url: str, *, timeout: float = 5.0) -> bool:
+def is_cluster(url: Url, *, timeout: float = 5.0) -> bool:
     """Tell whether `url` points at a node of a Redis Cluster (INFO cluster)."""
+    url = reveal(url)
     if is_sentinel(url):  # Sentinel watches primaries of non-cluster Redis only
         return False
     c = client(url, timeout=timeout)
@@ -246,12 +259,13 @@ def is_cluster(url: str, *, timeout: float = 5.0) -> bool:
 
 
 def open_client(
-    url: str, *, timeout: float = 5.0, decode: bool = True, cluster: bool | None = None
+    url: Url, *, timeout: float = 5.0, decode: bool = True, cluster: bool | None = None
 ) -> Client:
     """Return the client `url` needs: a RedisCluster on a cluster, else a Redis.
 
     `cluster` says which when the caller knows already (else INFO cluster is asked).
     """
+    url = reveal(url)
     if cluster is None:
         cluster = is_cluster(url, timeout=timeout)
     if not cluster:
@@ -267,8 +281,9 @@ def open_client(
         raise translate(e, "CLUSTER SLOTS") from None
 
 
-def connect(url: str, *, timeout: float = 5.0) -> Client:
+def connect(url: Url, *, timeout: float = 5.0) -> Client:
     """Return a client (responses decoded) that answered PING, or raise SinkError."""
+    url = reveal(url)
     try:
         r = open_client(url, timeout=timeout)
     except SinkError as e:
@@ -281,7 +296,19 @@ def connect(url: str, *, timeout: float = 5.0) -> Client:
     return r
 
 
-def connect_single(url: str, *, timeout: float = 5.0) -> redis.Redis:
+def cluster_client(url: Url, *, timeout: float, nodes: list[tuple[str, int]]) -> RedisCluster:
+    """Return a cluster client from `url`, or from `nodes` (seen before) with its credentials."""
+    url = reveal(url)
+    opts: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    if not nodes:
+        return RedisCluster.from_url(url, **opts)
+    creds = {k: v for k, v in parse_url(url).items()  # type: ignore[no-untyped-call]
+             if k in ("username", "password", "ssl")}
+    startup = [ClusterNode(host, port) for host, port in nodes]  # type: ignore[no-untyped-call]
+    return RedisCluster(startup_nodes=startup, **creds, **opts)
+
+
+def connect_single(url: Url, *, timeout: float = 5.0) -> redis.Redis:
     """Return a client of one Redis (or the Sentinel's primary); refuse a Redis Cluster."""
     r = connect(url, timeout=timeout)
     if isinstance(r, RedisCluster):

@@ -18,11 +18,10 @@ from typing import Any
 import orjson
 
 from cdc.pipeline.contracts import key_text
-from cdc.pipeline.sink import ENTRY_FIELDS
 from cdc.streams import luascripts
+from cdc.streams.entries import REPLAY_FIELDS, replay_entry
 from cdc.streams.redisconn import Client, redis_errors
 
-REPLAY_FIELDS = (*ENTRY_FIELDS, "replay")
 REPLAY = luascripts.script("replay")
 
 
@@ -39,18 +38,19 @@ class Row:
     created_at: str
     dlq_entry: str = ""  # its entry in axiom:dlq:events, deleted once it is republished
 
-    def values(self, replay: str) -> list[str]:
-        """Return the entry's values in REPLAY_FIELDS order."""
+    def entry(self, replay: str) -> list[str]:
+        """Return [event id, *values in REPLAY_FIELDS order] (entries.replay_entry)."""
         try:
             body: Any = orjson.loads(self.payload)
         except orjson.JSONDecodeError:
             body = None
         idem = body.get("idempotency_key") if isinstance(body, dict) else None
-        return [
-            self.event_id, self.event_type, self.aggregate_type, self.aggregate_id,
-            self.tenant_id, self.payload, key_text(idem, self.payload), self.created_at,
-            "", replay,
-        ]
+        return replay_entry(
+            replay, event_id=self.event_id, event_type=self.event_type,
+            aggregate_type=self.aggregate_type, aggregate_id=self.aggregate_id,
+            tenant_id=self.tenant_id, payload=self.payload,
+            idempotency_key=key_text(idem, self.payload), created_at=self.created_at,
+        )
 
 
 class Republisher:
@@ -78,7 +78,7 @@ class Republisher:
             todo = [r for r, old in zip(todo, done, strict=True) if not old]
         added: Any = []
         if todo:
-            entries = [[r.event_id, *r.values(replay)] for r in todo]
+            entries = [r.entry(replay) for r in todo]
             args = (stream, self._set_key(stream), self._maxlen, luascripts.pack(REPLAY_FIELDS),
                     luascripts.pack(entries), self._ttl)
             with redis_errors("EVALSHA replay"):

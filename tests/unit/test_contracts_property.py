@@ -12,7 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from cdc.pipeline.contracts import DEFAULT_CONTRACTS, Contract, _lean_validator, key_text
+from cdc.pipeline.contracts import _lean_validator, key_text
+from cdc.pipeline.payloads import DEFAULT_CONTRACTS, Contract
 
 LEAN = {t: (m, v) for t, m in DEFAULT_CONTRACTS.items() if (v := _lean_validator(m))}
 scalars = st.one_of(

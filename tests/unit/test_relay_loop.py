@@ -1,7 +1,8 @@
-"""The relay loop (`Session._loop`) in-process over fakes of the replication stream, the Redis
-sink and the write-back: batches sealed at size, the in-flight limit, acks in order, the
-confirmed LSN never past an unacknowledged or unwritten batch, an error reply ending the
-session, idle keepalives confirmed. The decoder is the real one, fed wal2json v2 JSON.
+"""The relay loop (`loop.RelayLoop`) in-process over fakes of its stages (stages.py: the
+replication stream, the Redis sink, the write-back, the dead letters, the clock): batches
+sealed at size, the in-flight limit, acks in order, the confirmed LSN never past an
+unacknowledged or unwritten batch, an error reply ending the session, idle keepalives
+confirmed, dead letters in the batch. The decoder is the real one, fed wal2json v2 JSON.
 """
 
 from __future__ import annotations
@@ -13,18 +14,23 @@ from typing import Any
 import orjson
 import pytest
 
-from cdc.errors import SinkError
+from cdc.errors import EventError, SinkError
 from cdc.observe.metrics import Metrics
 from cdc.pg import lsn as lsnlib
 from cdc.pipeline.checkpoint import Checkpoint
-from cdc.pipeline.relay import Publisher, Session
+from cdc.pipeline.contracts import Registry
+from cdc.pipeline.decode import OutboxEvent
+from cdc.pipeline.loop import Knobs, RelayLoop, Stages
+from cdc.pipeline.marks import Unmarked
+from cdc.pipeline.publisher import Prepare, Publisher
 from cdc.pipeline.source import Keepalive
+from cdc.pipeline.stages import Failures, Marker, Replies, Sink, Source
 from cdc.settings import Settings
+from cdc.streams import keys
+from cdc.streams.entries import DLQ_FIELDS
 
-Replies = tuple[tuple[int, int], ...]
 
-
-def tx(commit: int, n: int) -> list[bytes]:
+def tx(commit: int, n: int, payload: dict[str, Any] | None = None) -> list[bytes]:
     """Return one transaction of `n` CASE_CREATED inserts committed at LSN `commit`."""
     out = [orjson.dumps({"action": "B", "lsn": lsnlib.format(commit),
                          "timestamp": "2026-12-01 10:00:00+00"})]
@@ -34,7 +40,7 @@ def tx(commit: int, n: int) -> list[bytes]:
             {"name": "aggregate_type", "value": "case"}, {"name": "aggregate_id", "value": "a"},
             {"name": "event_type", "value": "CASE_CREATED"},
             {"name": "payload", "value": orjson.dumps(
-                {"case_id": f"c{commit}-{i}", "status": "OPEN"}).decode()},
+                payload or {"case_id": f"c{commit}-{i}", "status": "OPEN"}).decode()},
             {"name": "created_at", "value": "2026-12-01 10:00:00+00"},
         ]
         out.append(orjson.dumps({"action": "I", "schema": "public", "table": "event_outbox",
@@ -128,23 +134,62 @@ class FakeWriteBack:
         pass
 
 
+def checks() -> Prepare:
+    """Return the publisher's checks as a default relay has them."""
+    s = Settings()
+    return Prepare(s.router, Registry(unknown=s.unknown_events), max_bytes=s.max_event_bytes)
+
+
+class FakeFailures:
+    """Dead-letter every failed event at once (DeadLetters at CDC_MAX_RETRY=1)."""
+
+    def __init__(self) -> None:
+        self.last_error: EventError | None = None
+        self.failed: list[str] = []
+
+    def fail(self, event: OutboxEvent, error: EventError, check: Any) -> str | None:
+        self.failed.append(event.event_id)
+        self.last_error = error
+        return None
+
+
+class FakeClock:
+    """Monotonic time that moves only when the test says so (or by `tick` a reading)."""
+
+    def __init__(self, tick: float = 0.0) -> None:
+        self.now = 1000.0
+        self.tick = tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
 def run_loop(
     messages: list[bytes | Keepalive | None], *, sink: FakeSink, wb: FakeWriteBack | None = None,
     batch_size: int = 3, max_in_flight: int = 2, start: int = 0x100,
-    raises: type[Exception] | None = None,
+    raises: type[Exception] | None = None, failures: FakeFailures | None = None,
+    clock: FakeClock | None = None,
 ) -> tuple[FakeStream, Checkpoint]:
-    s = Settings(batch_size=batch_size, max_in_flight=max_in_flight, mark_published=wb is not None)
     stop = threading.Event()
-    session = Session(s, Metrics(), stop)
-    session.wb = wb  # type: ignore[assignment]
     stream = FakeStream(messages, stop)
-    pub = Publisher(s, sink, None, session.metrics)  # type: ignore[arg-type]  # no failures here
+    metrics = Metrics()
+    prepare = checks()
+    # The fakes stand in for the stages through their Protocols (stages.py).
+    source: Source = stream
+    to_redis: Sink = sink
+    dead: Failures = failures or FakeFailures()
+    marker: Marker = wb if wb is not None else Unmarked()
     cp = Checkpoint(start)
+    stages = Stages(source, Publisher(prepare, to_redis, dead, metrics), marker, cp,
+                    clock=clock or FakeClock())
+    loop = RelayLoop(stages, knobs=Knobs(batch_size=batch_size, max_in_flight=max_in_flight),
+                     metrics=metrics, stop=stop)
     if raises is None:
-        session._loop(stream, pub, cp)  # type: ignore[arg-type]
+        loop.run()
     else:
         with pytest.raises(raises):
-            session._loop(stream, pub, cp)  # type: ignore[arg-type]
+            loop.run()
     return stream, cp
 
 
@@ -186,3 +231,59 @@ def test_an_idle_keepalive_confirms_its_wal_end() -> None:
     sink = FakeSink()
     stream, cp = run_loop([*tx(0x200, 1), LULL, LULL, Keepalive(0x900, True)], sink=sink)
     assert cp.confirmed == 0x900 and 0x900 in stream.statuses
+
+
+def test_a_failed_event_is_dead_lettered_in_its_batch_and_never_marked() -> None:
+    sink, wb, failures = FakeSink(), FakeWriteBack(), FakeFailures()
+    broken = tx(0x300, 1, payload={"case_id": "c"})  # CASE_CREATED without its status
+    run_loop([*tx(0x200, 1), *broken, *tx(0x400, 1), LULL], sink=sink, wb=wb,
+             failures=failures)
+    assert len(sink.sent) == 1 and len(failures.failed) == 1
+    sent = sink.sent[0]
+    assert len(sent["axiom:core:events"]) == 2
+    (dead,) = sent[keys.DLQ]
+    fields = dict(zip(DLQ_FIELDS, dead[1:], strict=True))
+    assert fields["event_id"] == failures.failed[0]
+    assert "status" in fields["error"] and fields["original_stream"] == "axiom:core:events"
+    marked = wb.submitted[0][0]
+    assert len(marked) == 2 and failures.failed[0] not in marked  # only what was published
+
+
+def test_an_unanswered_batch_is_read_once_overdue() -> None:
+    stop = threading.Event()
+    messages: list[bytes | Keepalive | None] = [*tx(0x200, 1), *[LULL] * 8]
+    stream = FakeStream(messages, stop)
+
+    class SlowSink(FakeSink):
+        waits = 0
+        read_at = -1
+
+        def wait(self, other_fd: int, timeout: float, replies: Replies = ()) -> bool:
+            self.waits += 1
+            return False  # never says a reply is ready
+
+        def read_replies(self, replies: Replies) -> int:
+            self.read_at = stream._next
+            return super().read_replies(replies)
+
+    sink = SlowSink()
+    prepare = checks()
+    stages = Stages(stream, Publisher(prepare, sink, FakeFailures(), Metrics()), Unmarked(),
+                    Checkpoint(0x100), clock=FakeClock(tick=2.0))
+    RelayLoop(stages, knobs=Knobs(), metrics=Metrics(), stop=stop).run()
+    # Each look at the clock is 2 s later: past REPLY_TIMEOUT (5 s) the batch is read anyway,
+    # while the stream still has lulls to give (not because it ran out and stopped the loop).
+    assert sink.read == [0] and sink.waits >= 2 and sink.read_at < len(messages)
+
+
+def test_once_returns_when_the_target_is_confirmed_and_reads_no_further() -> None:
+    stop = threading.Event()
+    messages: list[bytes | Keepalive | None] = [*tx(0x200, 2), LULL, LULL, *tx(0x300, 1)]
+    stream, sink = FakeStream(messages, stop), FakeSink()
+    prepare = checks()
+    cp = Checkpoint(0x100)
+    stages = Stages(stream, Publisher(prepare, sink, FakeFailures(), Metrics()), Unmarked(), cp,
+                    clock=FakeClock())
+    RelayLoop(stages, knobs=Knobs(), metrics=Metrics(), stop=stop, target=0x201).run()
+    assert not stop.is_set() and cp.confirmed == 0x201 and stream.statuses[-1] == 0x201
+    assert len(sink.sent) == 1 and stream._next < len(messages)  # the last tx was left

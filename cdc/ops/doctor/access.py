@@ -66,7 +66,7 @@ def grants(conn: db.Conn, settings: Settings, user: str) -> list[Finding]:
     return [Finding("grants", FAIL, f"role {user} lacks {what}", fix)]
 
 
-def migrations(dsn: str, settings: Settings, user: str) -> Finding:
+def migrations(dsn: db.Dsn, settings: Settings, user: str) -> Finding:
     try:
         states = migrate.status(dsn, settings.migrations_dir)
     except CdcError as e:

@@ -10,7 +10,7 @@ from cdc.errors import CdcError
 from cdc.ops.doctor import access
 from cdc.ops.doctor.findings import FAIL, OK, WARN, Finding
 from cdc.pg import db, privileges, serverconf, slots
-from cdc.settings import Settings, redact
+from cdc.settings import Settings
 from cdc.streams import redisstate
 
 LAG_WARN_BYTES = 1 << 30
@@ -22,7 +22,7 @@ GUCS = (
 
 def check_postgres(settings: Settings) -> list[Finding]:
     """Run the PostgreSQL checks."""
-    dsn = settings.database_url.get_secret_value()
+    dsn = settings.database_url
     try:
         conn = db.connect(dsn, autocommit=True)
     except CdcError as e:
@@ -34,7 +34,7 @@ def check_postgres(settings: Settings) -> list[Finding]:
         gucs = {r[0]: r[1] for r in rows}
         context = {r[0]: r[2] for r in rows}
         major = int(gucs["server_version_num"]) // 10000
-        out = [Finding("postgres", OK, f"connected to {redact(dsn)} (PostgreSQL {major})")]
+        out = [Finding("postgres", OK, f"connected to {db.redacted(dsn)} (PostgreSQL {major})")]
         out.append(_wal_level(gucs["wal_level"]))
         if "output_plugin_libraries" in gucs:
             out.append(_plugin_libs(gucs["output_plugin_libraries"], context))

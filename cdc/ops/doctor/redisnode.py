@@ -12,14 +12,13 @@ from redis.cluster import RedisCluster
 from cdc.errors import CdcError
 from cdc.ops.doctor import cluster, redisconf, sentinel
 from cdc.ops.doctor.findings import FAIL, OK, WARN, Finding
-from cdc.pipeline.route import Router
 from cdc.settings import Settings
 from cdc.streams import groups, redisconn
 
 
 def check_redis(settings: Settings) -> list[Finding]:
     """Run the Redis checks."""
-    url = settings.redis_url.get_secret_value()
+    url = settings.redis_url
     # Sentinel's own checks first: they still say what is wrong when no primary answers.
     out: list[Finding] = sentinel.check(settings) if redisconn.is_sentinel(url) else []
     try:
@@ -47,9 +46,9 @@ def check_redis(settings: Settings) -> list[Finding]:
 
 
 def _groups(client: redisconn.Client, settings: Settings) -> Finding:
-    want = set(settings.group_names())
+    want = set(settings.groups)
     missing = []
-    for stream in Router(settings.routes).streams():
+    for stream in settings.router.streams():
         have = {g.name for g in groups.group_infos(client, stream)}
         missing += [f"{stream}/{g}" for g in sorted(want - have)]
     if missing:

@@ -34,7 +34,7 @@ Addr = tuple[str, int]
 def check(settings: Settings) -> list[Finding]:
     """Run the Sentinel checks for the service CDC_REDIS_URL names."""
     try:
-        url = redisconn.parse_sentinel(settings.redis_url.get_secret_value())
+        url = redisconn.parse_sentinel(settings.redis_url)
     except ConfigError as e:
         return [Finding("sentinel", FAIL, str(e), e.hint)]
     out: list[Finding] = []
