@@ -15,6 +15,7 @@ from prometheus_client import generate_latest
 
 from cdc.consumers.examples import SynapseMiner, WatchCep, run_example
 from cdc.consumers.worker import Consumer, Entry, consumer_registry
+from cdc.streams import keys
 from tests.relayutil import wait_for
 
 STREAM = "axiom:core:events"
@@ -125,7 +126,7 @@ def test_dedup_skips_event_ids_the_group_already_handled(
     c.close()
     assert seen == [f"ev-{i}" for i in range(10)]
     assert stats.duplicates == 5 and stats.acked == 15
-    assert rds.zcard("axiom:consumer:seen:g") == 10
+    assert rds.zcard(keys.consumer_seen(STREAM, "g")) == 10
 
 
 def test_stop_event_ends_a_blocking_consumer_quickly(redis_url: str) -> None:
