@@ -49,7 +49,7 @@ class Group(PlainSteps, OrderedSteps):
             except REDIS_ERRORS as e:
                 raise redisconn.translate(e, "XGROUP CREATE") from None
         try:
-            yield from self.seen.migrate(self.streams)
+            yield from self.dedup_set.migrate(self.streams)
         except REDIS_ERRORS as e:
             raise redisconn.translate(e, "dedup migration") from None
 

@@ -54,7 +54,7 @@ class Handling:
         self.dedup_ttl_s = dedup_ttl_s
         self.start_id = start_id
         self.stats = ConsumerStats()
-        self.seen = Dedup(group=group, ttl_s=dedup_ttl_s, enabled=dedup)
+        self.dedup_set = Dedup(group=group, ttl_s=dedup_ttl_s, enabled=dedup)
         self.cluster: bool | None = None  # known once the driver connected
         self._errors: dict[str, str] = {}  # entry id -> last handler error (this process)
         self._next_claim = 0.0  # when to reclaim idle entries (plain) or prune (both) next
@@ -79,7 +79,7 @@ class Handling:
         `claim_idle_ms` before the failed entry is tried again; nothing after it runs first.
         """
         self.stats.delivered += len(batch)
-        seen = yield from self.seen.seen(batch)
+        seen = yield from self.dedup_set.seen(batch)
         acks: list[str] = []
         handled_ids: list[str] = []
         pending: list[Entry] = []
@@ -168,7 +168,7 @@ class Handling:
              part: Part | None) -> Steps[None]:
         """XACK `ids` (fenced when ordered) and record the handled event ids (dedup)."""
         if part is None or self.leases is None:
-            seen = self.seen.record(stream, handled_ids)
+            seen = self.dedup_set.record(stream, handled_ids)
             yield Multi((*([seen] if seen else []), Call("xack", (stream, self.group, *ids))))
         else:
             extra = [time.time(), *handled_ids] if self.dedup and handled_ids else []

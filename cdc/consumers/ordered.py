@@ -57,7 +57,7 @@ class OrderedSteps(Handling):
         self.stats.leases_acquired, self.stats.leases_lost = leases.acquired, leases.lost
         if time.monotonic() >= self._next_claim:
             self._next_claim = time.monotonic() + max(self.claim_idle_ms / 2000, 0.05)
-            yield from self.seen.prune(list(leases.owned))
+            yield from self.dedup_set.prune(list(leases.owned))
 
     def _drain(self, part: Part) -> Steps[int]:
         """Claim and handle the partition's pending entries (earlier owners'), oldest first."""

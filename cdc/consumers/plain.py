@@ -95,5 +95,5 @@ class PlainSteps(Handling):
             n += len(live)
         if done:
             self._next_claim = time.monotonic() + max(self.claim_idle_ms / 2000, 0.05)
-            yield from self.seen.prune(self.streams)
+            yield from self.dedup_set.prune(self.streams)
         return n

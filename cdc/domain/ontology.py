@@ -133,7 +133,10 @@ class OntologyCache:
             pipe.sadd(k.tenants, tenant)
             for call in calls:
                 pipe.execute_command(*call)
-            done = self._rerun_unloaded(calls, pipe.execute(raise_on_error=False)[1:])
+            added, *done = pipe.execute(raise_on_error=False)
+            if isinstance(added, Exception):
+                raise added
+            done = self._rerun_unloaded(calls, done)
         self.applied.written += sum(1 for d in done if d == 1)
         self.applied.stale += sum(1 for d in done if d == 0)
         self.applied.tenants.add(tenant)

@@ -97,7 +97,7 @@ def replay_run_v1(replay_id: str) -> str:
 REDIS_INSTANCE = "axiom:cdc:instance"
 
 
-# Synapse's ontology cache (cdc/ontology.py). Every key of one tenant carries the tenant in a
+# Synapse's ontology cache (cdc/domain/ontology.py). Every key of one tenant carries the tenant in a
 # hash tag, {tenant}, so a tenant's keys share a cluster slot and one script may touch them.
 ONTOLOGY_NS = "axiom:onto"
 
@@ -162,7 +162,7 @@ def partitions(stream: str) -> str:
     return PARTITIONS_PREFIX + same_slot(stream)
 
 
-# Ordered consumers (cdc/leases.py). A group's live members, and per partition stream and
+# Ordered consumers (cdc/consumers/leases.py). A group's live members, and per partition stream and
 # group a lease ("<consumer> <epoch>", PX) and its fence (the epoch counter, never expires);
 # lease and fence take the stream's name as hash tag, so they share the stream's slot.
 CONSUMER_MEMBERS_PREFIX = "axiom:consumer:members:"
