@@ -6,6 +6,8 @@ a partitioned route, and Synapse's ontology cache, rebuilt and consumed, equal t
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -133,8 +135,6 @@ def test_plain_group_reads_every_stream_across_masters(
     assert len(asyncio.run(main())) == 301
 
     # `cdc consume` over the three streams of the cluster.
-    import subprocess
-    import sys
     done = subprocess.run(
         [sys.executable, "-m", "cdc", "consume", *[x for s in STREAMS for x in ("--stream", s)],
          "--group", "ops", "--from-start", "--quiet", "--count", "311", "--timeout", "30"],
@@ -204,6 +204,13 @@ def test_ordered_consumers_on_a_partitioned_route(
         assert stream == partition_stream(ROUTE, partition("t1", agg, 4))
     assert all(_pending(rc, s, "g") == 0 for s in parts)
     assert not rc.exists(*[keys.lease(s, "g") for s in parts]), "close() released them"
+    done = subprocess.run(
+        [sys.executable, "-m", "cdc", "consume", "--stream", ROUTE, "--group", "ops",
+         "--ordered", "--from-start", "--quiet", "--count", "1200", "--timeout", "30",
+         "--lease-ms", "1000"],
+        env=relay_env(cs), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "acked=1200" in done.stderr and "leases_acquired=4" in done.stderr
 
 
 def test_ontology_rebuild_digest_and_consume_on_a_cluster_equal_one_redis(
