@@ -15,6 +15,7 @@ from prometheus_client import generate_latest
 
 from cdc.consumers.examples import SynapseMiner, WatchCep, run_example
 from cdc.consumers.worker import Consumer, Entry, consumer_registry
+from cdc.streams import keys
 from tests.relayutil import wait_for
 
 STREAM = "axiom:core:events"
@@ -125,7 +126,7 @@ def test_dedup_skips_event_ids_the_group_already_handled(
     c.close()
     assert seen == [f"ev-{i}" for i in range(10)]
     assert stats.duplicates == 5 and stats.acked == 15
-    assert rds.zcard("axiom:consumer:seen:g") == 10
+    assert rds.zcard(keys.consumer_seen(STREAM, "g")) == 10
 
 
 def test_stop_event_ends_a_blocking_consumer_quickly(redis_url: str) -> None:
@@ -214,3 +215,24 @@ def test_consumer_rides_out_a_redis_restart() -> None:
         c.close()
         rds.close()
     assert set(seen) == set(ids) and c.stats.redis_errors > 0
+
+
+def test_dedup_state_of_the_format_before_is_migrated_on_first_start(
+    redis_url: str, rds: redis.Redis
+) -> None:
+    """Ids the old consumer recorded in its one set per group are not handled again."""
+    fill(rds, 10)
+    now = time.time()
+    old = keys.consumer_seen_v1("g")
+    rds.zadd(old, {f"ev-{i}": now - 60 for i in range(5)})  # handled by the old consumer
+    rds.zadd(old, {"ev-8": now - 200_000})  # older than dedup_ttl_s: forgotten
+    seen: list[str] = []
+    c = Consumer(redis_url=redis_url, group="g", streams=[STREAM], start_id="0", dedup=True,
+                 handler=lambda e: seen.append(e.event_id), count=4)
+    stats = c.run(limit=10, timeout=20)
+    c.close()
+    assert seen == [f"ev-{i}" for i in range(5, 10)]
+    assert (stats.duplicates, stats.handled, stats.acked) == (5, 5, 10)
+    assert rds.get(keys.consumer_seen_format(STREAM, "g")) == keys.CONSUMER_SEEN_FORMAT
+    assert rds.zcard(keys.consumer_seen(STREAM, "g")) == 10
+    assert 0 < rds.ttl(old) <= 86_400, "the old set expires once its ids would have"

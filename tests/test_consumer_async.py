@@ -9,6 +9,7 @@ import time
 import redis
 
 from cdc.consumers.worker import AsyncConsumer, Consumer, Entry
+from cdc.streams import keys
 from devkit.localservers import LocalRedis
 from tests.test_consumer import STREAM, fill, pending
 
@@ -33,7 +34,7 @@ def test_async_handles_acks_in_order_and_dedups(redis_url: str, rds: redis.Redis
 
     assert asyncio.run(main()) == (120, 5, 125)
     assert seen == ids and pending(rds, "g") == 0
-    assert rds.zcard("axiom:consumer:seen:g") == 120
+    assert rds.zcard(keys.consumer_seen(STREAM, "g")) == 120
 
 
 def test_async_failing_entry_is_reclaimed_then_dead_lettered(

@@ -212,3 +212,14 @@ def test_cli_consume_keeps_the_cache(
     live = [ontology.digest(rds, t) for t in ("acme", "globex")]
     assert [d.cases for d in live] == [3, 1]
     assert cdc(settings, "ontology", "rebuild", "--check").returncode == 0
+
+
+def test_apply_survives_a_script_flush(rds: redis.Redis) -> None:
+    """The pipelined EVALSHA answers NOSCRIPT after a flush: loaded, run again, counted once."""
+    cache = ontology.OntologyCache(rds)
+    cache.apply("acme", "CASE_CREATED", {"case_id": "c1", "status": "OPEN", "at": 1}, "")
+    rds.script_flush()
+    cache.apply("acme", "CASE_ROLE_ASSIGNED",
+                {"case_id": "c1", "role_id": "r1", "role_name": "Owner", "at": 2}, "")
+    assert (cache.applied.written, cache.applied.stale) == (3, 0)
+    assert cache.roles_of("acme", "c1") == {"r1": {"name": "Owner", "assignee_id": ""}}

@@ -110,6 +110,90 @@ def test_a_failing_entry_holds_its_partition_until_dead_lettered(
     assert rds.xpending(ROUTE, "g")["pending"] == 0
 
 
+def _one_partition(rds: redis.Redis, n: int) -> None:
+    rds.set(keys.partitions(ROUTE), 1)
+    for i in range(n):
+        rds.xadd(ROUTE, {"event_id": f"ev-{i}", "aggregate_id": "a", "payload": "{}"})
+
+
+def _owner_in_turn(redis_url: str, name: str, fail_on: str = "", **kw: Any) -> list[str]:
+    """Run one owner of the partition that stops after its first handler call."""
+    stop = threading.Event()
+    calls: list[str] = []
+
+    def handler(e: Entry) -> None:
+        calls.append(f"{e.event_id}@{e.deliveries}")
+        stop.set()
+        if e.event_id == fail_on:
+            raise ValueError(f"cannot handle {fail_on}")
+
+    c = _consumer(redis_url, name, handler, stop=stop, **kw)
+    c.run(timeout=10)
+    c.close()
+    return calls
+
+
+def test_handovers_do_not_spend_the_failure_budget(redis_url: str, rds: redis.Redis) -> None:
+    """Six owners in turn each claim what the last left pending: six deliveries, no failure."""
+    _one_partition(rds, 8)
+    calls = [x for k in range(6) for x in _owner_in_turn(redis_url, f"o{k}", max_deliveries=2)]
+    assert calls == [f"ev-{k}@{k + 1}" for k in range(6)], "each handover delivered again"
+    rest: list[str] = []
+    c = _consumer(redis_url, "last", lambda e: rest.append(e.event_id), max_deliveries=2)
+    stats = c.run(limit=2, timeout=10)
+    c.close()
+    assert rest == ["ev-6", "ev-7"] and stats.dead_lettered == 0
+    assert rds.xlen(keys.DLQ) == 0 and rds.xpending(ROUTE, "g")["pending"] == 0
+
+
+def test_handler_failures_count_across_owners(redis_url: str, rds: redis.Redis) -> None:
+    """Failed under one owner, then the next: the third dead-letters it without a third try."""
+    _one_partition(rds, 3)
+    calls = [x for k in range(3)
+             for x in _owner_in_turn(redis_url, f"o{k}", "ev-0", max_deliveries=2)]
+    assert calls == ["ev-0@1", "ev-0@2", "ev-1@3"]  # ev-1 came in every batch
+    dead = rds.xrange(keys.DLQ)
+    assert [f["event_id"] for _, f in dead] == ["ev-0"]
+    assert dead[0][1]["failures"] == "2" and "failed 2 times" in dead[0][1]["error"]
+    assert "ValueError: cannot handle ev-0" in dead[0][1]["error"], "the last owner's error"
+    assert not rds.exists(keys.failures(ROUTE, "g")), "forgotten once acked"
+
+
+class _LosesLeaseAfterDlqAdd(Consumer):
+    """A consumer whose lease lapses right after its first write to the DLQ stream."""
+
+    fired = False
+
+    def _execute(self, todo: Any) -> Any:
+        reply = super()._execute(todo)
+        if not self.fired and keys.DLQ in getattr(todo, "args", ()):
+            self.fired = True
+            assert self._r is not None
+            self._r.delete(keys.lease(ROUTE, "g"))
+        return reply
+
+
+def test_a_dead_letter_whose_ack_is_fenced_lands_in_the_dlq_once(
+    redis_url: str, rds: redis.Redis
+) -> None:
+    _one_partition(rds, 5)
+
+    def handler(e: Entry) -> None:
+        if e.event_id == "ev-1":
+            raise ValueError("cannot handle ev-1")
+
+    c = _LosesLeaseAfterDlqAdd(redis_url=redis_url, group="g", streams=[ROUTE],
+                               handler=handler, consumer="c", count=50, block_ms=100,
+                               claim_idle_ms=100, start_id="0", ordered=True, lease_ms=600,
+                               max_deliveries=1)
+    stats = c.run(limit=5, timeout=15)
+    c.close()
+    assert c.fired and stats.fenced == 1, "the ack after the DLQ add was refused"
+    assert [f["event_id"] for _, f in rds.xrange(keys.DLQ)] == ["ev-1"], "added once"
+    assert (stats.dead_lettered, stats.acked) == (1, 5)
+    assert rds.xpending(ROUTE, "g")["pending"] == 0
+
+
 def test_relay_partitions_feed_ordered_consumers_and_status_names_owners(
     settings: Settings, pg_dsn: str, rds: redis.Redis
 ) -> None:

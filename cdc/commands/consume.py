@@ -61,7 +61,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         sys.stdout.flush()
 
     consumer = Consumer(
-        redis_url=settings.redis_url.get_secret_value(), group=args.group, streams=args.stream,
+        redis_url=settings.redis_url, group=args.group, streams=args.stream,
         handler=show, consumer=args.consumer, count=args.batch,
         claim_idle_ms=args.claim_idle_ms, max_deliveries=args.max_deliveries,
         dedup=args.dedup, start_id="0" if args.from_start else "$", ordered=args.ordered,

@@ -1,4 +1,5 @@
-"""`cdc ontology consume|rebuild|digest`: Synapse's ontology cache in Redis (cdc/ontology.py)."""
+"""`cdc ontology consume|rebuild|digest`: Synapse's ontology cache in Redis, one or a cluster
+(cdc/domain/ontology.py)."""
 
 from __future__ import annotations
 
@@ -43,8 +44,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run_consume(args: argparse.Namespace, settings: Settings) -> int:
     """Apply core events to the cache until SIGTERM/SIGINT, --count or --timeout."""
     stop = stop_on_signals()
-    url = settings.redis_url.get_secret_value()
-    with redisconn.connect_single(url) as client:
+    url = settings.redis_url
+    with redisconn.connect(url) as client:
         cache = ontology.OntologyCache(client)
         consumer = Consumer(redis_url=url, group=args.group, streams=[args.stream],
                             handler=cache.handle, start_id="0", stop=stop)
@@ -71,7 +72,7 @@ def run_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     """Rebuild (or, with --check, rebuild a scratch copy and compare); exit 1 on a difference."""
     ns = f"{keys.ONTOLOGY_NS}:check:{secrets.token_hex(4)}" if args.check else keys.ONTOLOGY_NS
     with db.connect(settings.database_url, autocommit=True) as conn, \
-            redisconn.connect_single(settings.redis_url) as client:
+            redisconn.connect(settings.redis_url) as client:
         try:
             done = ontology.rebuild(conn, client, settings, tenant=args.tenant, ns=ns)
             if not args.check:
@@ -97,7 +98,7 @@ def run_rebuild(args: argparse.Namespace, settings: Settings) -> int:
 
 def run_digest(args: argparse.Namespace, settings: Settings) -> int:
     """Print tenant, sha256 and node counts of the live cache."""
-    with redisconn.connect_single(settings.redis_url) as client:
+    with redisconn.connect(settings.redis_url) as client:
         names = [args.tenant] if args.tenant else ontology.tenants(client, keys.OntologyKeys())
         _show([ontology.digest(client, t) for t in names], args.json)
     return 0

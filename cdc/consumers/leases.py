@@ -3,14 +3,18 @@
     keys.consumer_members(group)  ZSET consumer -> expiry   lua/members.lua (heartbeat)
     keys.lease(stream, group)     "<consumer> <epoch>" PX   lua/lease.lua (SET NX PX, renew)
     keys.fence(stream, group)     the epoch counter         INCRed by each new owner
+    keys.failures(stream, group)  handler failures per entry lua/fenced.lua (fail, ack)
+
+Each key but the member set takes the partition's name as hash tag: on a Redis Cluster it
+lives in the partition's slot, so one script touches it with the stream.
 
 Every `lease_ms / 3` a consumer beats in the member set, renews each lease it holds (a
 lease it lost is dropped at once), releases those above its fair share and takes free
 ones up to it: with M members and N partitions, the first N mod M members (by name) own
-N // M + 1, the others N // M. Reads, claims and acks of a partition go through
-lua/fenced.lua, which refuses them unless the lease still holds this owner's token; the
-handler runs only before `Part.valid_until` (0.8 of the lease after the renewal was sent,
-by the local monotonic clock, which keeps running while a process is stopped).
+N // M + 1, the others N // M. Reads, claims, acks and failure counts of a partition go
+through lua/fenced.lua, which refuses them unless the lease still holds this owner's token;
+the handler runs only before `Part.valid_until` (0.8 of the lease after the renewal was
+sent, by the local monotonic clock, which keeps running while a process is stopped).
 """
 
 from __future__ import annotations
@@ -115,10 +119,11 @@ class Leases:
             log.warning("%s lost %s: %s", self.me, part.stream, why)
 
     def fenced(self, part: Part, op: str, *args: Any) -> Steps[Any]:
-        """Run `op` (read, claim, ack) on the partition through lua/fenced.lua."""
+        """Run `op` (read, claim, ack, fail) on the partition through lua/fenced.lua."""
+        s, g = part.stream, self.group
         return (yield from script(
-            "fenced", [keys.lease(part.stream, self.group), part.stream],
-            [part.token, op, self.group, self.me, *args]))
+            "fenced", [keys.lease(s, g), s, keys.failures(s, g), keys.consumer_seen(s, g)],
+            [part.token, op, g, self.me, *args]))
 
     def leave(self) -> Steps[None]:
         """Release every lease and leave the member set, so the others take over now."""

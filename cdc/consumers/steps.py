@@ -1,8 +1,9 @@
 """What the consumer's generators yield to their driver, and the one way they run a script.
 
-A generator of `Steps` yields a Redis command (`Call`), a MULTI (`Multi`), the handler
-(`Handle`) or a wait (`Sleep`), and is sent the reply; `Consumer` and `AsyncConsumer`
-(cdc/consumer.py) drive the same generators with a sync or an asyncio client.
+A generator of `Steps` yields a Redis command (`Call`), a MULTI (`Multi`), a pipeline
+(`Pipe`), the handler (`Handle`), a wait (`Sleep`) or `Connect`, and is sent the reply;
+`Consumer` (worker.py) and `AsyncConsumer` (aio.py) drive the same generators with a sync or
+an asyncio client, a cluster client on a Redis Cluster.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import redis
 from cdc.streams import luascripts
 
 if TYPE_CHECKING:
-    from cdc.consumers.worker import Entry
+    from cdc.consumers.entry import Entry
 
 T = TypeVar("T")
 
@@ -35,6 +36,18 @@ class Multi:
     """Commands the driver sends as one MULTI/EXEC."""
 
     calls: tuple[Call, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Pipe:
+    """Commands the driver pipelines without MULTI (on a cluster, one batch per node)."""
+
+    calls: tuple[Call, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Connect:
+    """Open the client unless open; the driver sends back True on a Redis Cluster."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,8 +71,10 @@ class Sleep:
     seconds: float
 
 
-Steps: TypeAlias = Generator[Call | Multi | Handle | Sleep, Any, T]
-REDIS_ERRORS = (redis.RedisError, OSError)
+Steps: TypeAlias = Generator[Call | Multi | Pipe | Handle | Sleep | Connect, Any, T]
+# redis-py's cluster client raises RedisClusterException (no RedisError) when it cannot
+# reach the cluster or its slots.
+REDIS_ERRORS = (redis.RedisError, OSError, redis.exceptions.RedisClusterException)
 
 
 def script(name: str, keys: Sequence[str], args: Sequence[Any]) -> Steps[Any]:

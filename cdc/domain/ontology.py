@@ -13,6 +13,11 @@ newer one: redelivered, reclaimed or replayed events change nothing, in any orde
 schema is keys.OntologyKeys. `rebuild` deletes a tenant's keys and applies the outbox rows
 again through the replay path's reader (replay.pages); `digest` hashes what a cache holds,
 so a rebuilt copy can be compared with the live one.
+
+On a Redis Cluster every key of one tenant hashes to one slot (keys.OntologyKeys puts the
+tenant in a hash tag; the schema is unchanged, so caches written before stay readable):
+the script's keys share a slot, `digest` and `drop` scan only the master of that slot, and
+the set of tenants is one key of its own.
 """
 
 from __future__ import annotations
@@ -25,18 +30,18 @@ from typing import Any
 
 import orjson
 import redis
+from redis.cluster import RedisCluster
 
-from cdc.consumers.worker import Entry
+from cdc.consumers.entry import Entry
 from cdc.errors import EventError
 from cdc.ops import replay as replaylib
 from cdc.pg import db
 from cdc.settings import Settings
 from cdc.streams import keys, luascripts
-from cdc.streams.redisconn import redis_errors
+from cdc.streams.redisconn import Client, redis_errors
 from cdc.streams.republish import Row
 
 EVENT_TYPES = ("CASE_CREATED", "CASE_STATUS_CHANGED", "CASE_ROLE_ASSIGNED")
-APPLY_LUA = luascripts.source("ontology_apply")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 
@@ -73,11 +78,10 @@ class Applied:
 class OntologyCache:
     """Apply core events to the cache under `ns`; a Consumer handler as `handle`."""
 
-    def __init__(self, client: redis.Redis, *, ns: str = keys.ONTOLOGY_NS) -> None:
+    def __init__(self, client: Client, *, ns: str = keys.ONTOLOGY_NS) -> None:
         self._r = client
         self.keys = keys.OntologyKeys(ns)
-        with redis_errors("SCRIPT LOAD"):
-            self._apply = client.register_script(APPLY_LUA)
+        self._apply = luascripts.script("ontology_apply")
         self.applied = Applied()
 
     def handle(self, entry: Entry) -> None:
@@ -120,16 +124,40 @@ class OntologyCache:
                 raise EventError(f"{event_type}: needs a status")
             writes = [([k.case(tenant, case_id), k.cases(tenant)],
                        {"case_id": case_id, "status": status}, [case_id])]
+        calls = [self._apply.command(hash_keys, [v, len(fields),
+                                                 *[x for kv in fields.items() for x in kv],
+                                                 *members])
+                 for hash_keys, fields, members in writes]
         with redis_errors("EVALSHA ontology_apply"):
             pipe = self._r.pipeline(transaction=False)
             pipe.sadd(k.tenants, tenant)
-            for hash_keys, fields, members in writes:
-                pairs = [x for kv in fields.items() for x in kv]
-                self._apply(keys=hash_keys, args=[v, len(fields), *pairs, *members], client=pipe)
-            done = pipe.execute()[1:]
+            for call in calls:
+                pipe.execute_command(*call)
+            added, *done = pipe.execute(raise_on_error=False)
+            if isinstance(added, Exception):
+                raise added
+            done = self._rerun_unloaded(calls, done)
         self.applied.written += sum(1 for d in done if d == 1)
         self.applied.stale += sum(1 for d in done if d == 0)
         self.applied.tenants.add(tenant)
+
+    def _rerun_unloaded(self, calls: list[tuple[Any, ...]], done: list[Any]) -> list[Any]:
+        """Load the script where Redis answered NOSCRIPT and run those calls again.
+
+        Safe: the script writes a hash only for a newer event, and adds set members.
+        """
+        again = [i for i, d in enumerate(done) if isinstance(d, redis.exceptions.NoScriptError)]
+        if again:
+            self._apply.load(self._r)  # every master of a cluster
+            pipe = self._r.pipeline(transaction=False)
+            for i in again:
+                pipe.execute_command(*calls[i])
+            for i, d in zip(again, pipe.execute(raise_on_error=False), strict=True):
+                done[i] = d
+        for d in done:
+            if isinstance(d, Exception):
+                raise d
+        return done
 
     def case(self, tenant: str, case_id: str) -> dict[str, str]:
         """Return one case node ({} when absent)."""
@@ -164,14 +192,20 @@ def _glob_escape(text: str) -> str:
     return "".join("\\" + c if c in "*?[]\\" else c for c in text)
 
 
-def tenant_keys(client: redis.Redis, ns_keys: keys.OntologyKeys, tenant: str) -> list[str]:
-    """Return every key of one tenant's cache, sorted."""
-    pattern = _glob_escape(ns_keys.tenant(tenant)) + "*"
+def tenant_keys(client: Client, ns_keys: keys.OntologyKeys, tenant: str) -> list[str]:
+    """Return every key of one tenant's cache, sorted (on a cluster: its slot's master)."""
+    prefix = ns_keys.tenant(tenant)
+    pattern = _glob_escape(prefix) + "*"
     with redis_errors("SCAN"):
-        return sorted(str(k) for k in client.scan_iter(match=pattern, count=1000))
+        if isinstance(client, RedisCluster):
+            node = client.get_node_from_key(prefix)  # type: ignore[no-untyped-call]
+            found = client.scan_iter(match=pattern, count=1000, target_nodes=node)
+        else:
+            found = client.scan_iter(match=pattern, count=1000)
+        return sorted(str(k) for k in found)
 
 
-def tenants(client: redis.Redis, ns_keys: keys.OntologyKeys) -> list[str]:
+def tenants(client: Client, ns_keys: keys.OntologyKeys) -> list[str]:
     """Return the tenants that have a cache, sorted."""
     with redis_errors("SMEMBERS"):
         members: Any = client.smembers(ns_keys.tenants)
@@ -189,7 +223,7 @@ class Digest:
     edges: int
 
 
-def digest(client: redis.Redis, tenant: str, *, ns: str = keys.ONTOLOGY_NS) -> Digest:
+def digest(client: Client, tenant: str, *, ns: str = keys.ONTOLOGY_NS) -> Digest:
     """Hash one tenant's cache: every key (minus the ns prefix), type and content, sorted."""
     k = keys.OntologyKeys(ns)
     prefix = k.tenant(tenant)
@@ -208,7 +242,7 @@ def digest(client: redis.Redis, tenant: str, *, ns: str = keys.ONTOLOGY_NS) -> D
     return Digest(tenant, h.hexdigest(), counts["case"], counts["role"], counts["edge"])
 
 
-def drop(client: redis.Redis, tenant: str, *, ns: str = keys.ONTOLOGY_NS) -> int:
+def drop(client: Client, tenant: str, *, ns: str = keys.ONTOLOGY_NS) -> int:
     """Delete one tenant's cache; return how many keys went."""
     k = keys.OntologyKeys(ns)
     found = tenant_keys(client, k, tenant)
@@ -242,7 +276,7 @@ class Rebuilt:
 
 
 def rebuild(
-    conn: db.Conn, client: redis.Redis, settings: Settings, *, tenant: str | None = None,
+    conn: db.Conn, client: Client, settings: Settings, *, tenant: str | None = None,
     ns: str = keys.ONTOLOGY_NS,
 ) -> Rebuilt:
     """Drop the cache (one tenant or all) under `ns` and apply the outbox rows again.
@@ -268,7 +302,7 @@ def rebuild(
 
 
 def compare(
-    client: redis.Redis, names: Iterable[str], *, live: str = keys.ONTOLOGY_NS, other: str
+    client: Client, names: Iterable[str], *, live: str = keys.ONTOLOGY_NS, other: str
 ) -> list[tuple[Digest, Digest]]:
     """Return the (live, other) digests of the tenants in `names` that differ."""
     pairs = [(digest(client, t, ns=live), digest(client, t, ns=other)) for t in sorted(names)]

@@ -16,8 +16,12 @@ FORMAT = "axiom:cdc:format"
 FORMAT_VERSION = "2"
 # Short-lived query jobs (Oracle/Weaver), with a TTL.
 QUERY_JOB_PREFIX = "axiom:query:job:"
-# Consumer-side dedup of event ids.
+# Consumer-side dedup of event ids (cdc/consumers/dedup.py). Format 2: one ZSET per stream
+# and group, the stream's name as hash tag (its cluster slot), so the XACK and the ZADD of a
+# batch are one MULTI on a cluster too; format 1 (before): one ZSET per group, every stream.
 CONSUMER_SEEN_PREFIX = "axiom:consumer:seen:"
+CONSUMER_SEEN_FORMAT_PREFIX = "axiom:consumer:seen-format:"
+CONSUMER_SEEN_FORMAT = "2"
 
 
 def hash_tag(key: str) -> str | None:
@@ -50,9 +54,20 @@ def query_job(job_id: str) -> str:
     return QUERY_JOB_PREFIX + job_id
 
 
-def consumer_seen(group: str) -> str:
-    """Return the key of the event ids a consumer group has handled."""
+def consumer_seen(stream: str, group: str) -> str:
+    """Return the ZSET of the event ids `group` handled on `stream` (the stream's slot)."""
+    return f"{CONSUMER_SEEN_PREFIX}{same_slot(stream)}:{group}"
+
+
+def consumer_seen_v1(group: str) -> str:
+    """Return the format-1 ZSET of every event id `group` handled (read once, to migrate)."""
     return CONSUMER_SEEN_PREFIX + group
+
+
+def consumer_seen_format(stream: str, group: str) -> str:
+    """Return the key saying `group`'s dedup set on `stream` is format 2 (migrated)."""
+    return f"{CONSUMER_SEEN_FORMAT_PREFIX}{same_slot(stream)}:{group}"
+
 
 # Event ids the DLQ replay has put back on a stream (SADD-guarded XADD, lua/replay.lua): one
 # set per stream, in the stream's slot (DLQ_REPLAYED + same_slot(stream)). Before, one set
@@ -82,7 +97,7 @@ def replay_run_v1(replay_id: str) -> str:
 REDIS_INSTANCE = "axiom:cdc:instance"
 
 
-# Synapse's ontology cache (cdc/ontology.py). Every key of one tenant carries the tenant in a
+# Synapse's ontology cache (cdc/domain/ontology.py). Every key of one tenant carries the tenant in a
 # hash tag, {tenant}, so a tenant's keys share a cluster slot and one script may touch them.
 ONTOLOGY_NS = "axiom:onto"
 
@@ -147,7 +162,7 @@ def partitions(stream: str) -> str:
     return PARTITIONS_PREFIX + same_slot(stream)
 
 
-# Ordered consumers (cdc/leases.py). A group's live members, and per partition stream and
+# Ordered consumers (cdc/consumers/leases.py). A group's live members, and per partition stream and
 # group a lease ("<consumer> <epoch>", PX) and its fence (the epoch counter, never expires);
 # lease and fence take the stream's name as hash tag, so they share the stream's slot.
 CONSUMER_MEMBERS_PREFIX = "axiom:consumer:members:"
@@ -168,3 +183,18 @@ def lease(stream: str, group: str) -> str:
 def fence(stream: str, group: str) -> str:
     """Return the key of the epoch counter behind `group`'s lease on `stream`."""
     return f"{FENCE_PREFIX}{same_slot(stream)}:{group}"
+
+
+# Ordered consumers: per partition and group, the handler failures of pending entries
+# (HASH entry id -> count, "<id>:e" -> last error), in the stream's slot, so lua/fenced.lua
+# counts them with the lease checked and a new owner inherits them (a handover is no failure).
+FAILURES_PREFIX = "axiom:consumer:failures:"
+# Consumers' dead letters already added to the DLQ (ZSET "<group> <stream> <entry id>" ->
+# Redis time ms), in the DLQ stream's slot: lua/dlq_add.lua adds an entry at most once, so a
+# dead letter whose XACK failed (lease lost, Redis gone) is not added again by its retry.
+CONSUMER_DEAD = "axiom:consumer:dead:" + same_slot(DLQ)
+
+
+def failures(stream: str, group: str) -> str:
+    """Return the key of `group`'s handler failures on partition `stream` (its slot)."""
+    return f"{FAILURES_PREFIX}{same_slot(stream)}:{group}"

@@ -21,7 +21,7 @@ import redis
 
 _DIR = resources.files("cdc.streams").joinpath("lua")
 _PRELUDE = {"publish", "replay"}  # the scripts that call xadd_args()
-NAMES = ("publish", "replay", "trim", "lease", "fenced", "members", "ontology_apply",
+NAMES = ("publish", "replay", "trim", "lease", "fenced", "members", "dlq_add", "ontology_apply",
          "queryjob_update", "queryjob_save", "raise_mark")
 
 

@@ -24,6 +24,7 @@ import redis
 import redis.asyncio
 import redis.asyncio.sentinel
 from pydantic import SecretStr
+from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
 from redis.cluster import ClusterNode, RedisCluster
 from redis.connection import ConnectionPool, parse_url
 from redis.sentinel import Sentinel
@@ -318,3 +319,26 @@ def connect_single(url: Url, *, timeout: float = 5.0) -> redis.Redis:
             hint="point CDC_REDIS_URL at a single Redis for it",
         )
     return r
+
+
+async def open_async_client(
+    url: Url, *, timeout: float
+) -> redis.asyncio.Redis | AsyncRedisCluster:
+    """Return the asyncio client `url` needs: a cluster client on a Redis Cluster."""
+    plain = async_client(url, timeout=timeout)
+    if is_sentinel(url):
+        return plain
+    try:
+        info: Any = await plain.info("cluster")
+    except BaseException:
+        await plain.aclose()
+        raise
+    if not info.get("cluster_enabled"):
+        return plain
+    await plain.aclose()
+    try:
+        return AsyncRedisCluster.from_url(
+            reveal(url), socket_timeout=timeout, socket_connect_timeout=min(timeout, 5.0),
+            decode_responses=True)
+    except ValueError:
+        raise bad_url() from None

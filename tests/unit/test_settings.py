@@ -23,8 +23,6 @@ UNWRAP_ALLOWED = {
     "cdc/pg/db.py": "reveal: the one place a PostgreSQL DSN is unwrapped (connect)",
     "cdc/streams/redisconn.py": "reveal: the one place a Redis URL is unwrapped (clients)",
     "cdc/domain/stores/crypto.py": "Cipher.from_secret: the weaver key is used, not sent",
-    "cdc/commands/consume.py": "cdc.consumers.Consumer takes its URL as a str",
-    "cdc/commands/ontology.py": "cdc.consumers.Consumer takes its URL as a str",
 }
 REVEAL_ALLOWED = {"cdc/pg/db.py", "cdc/streams/redisconn.py", "cdc/pg/migrate.py"}  # psql env
 
