@@ -15,6 +15,7 @@ from pydantic import Field, PrivateAttr, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from cdc.errors import ConfigError
+from cdc.pg import ident
 from cdc.pipeline.route import Router
 
 DEFAULT_ROUTES = "WATCH_*=axiom:watches,WORKER_*=axiom:workers,*=axiom:core:events"
@@ -33,7 +34,7 @@ class Settings(BaseSettings):
     database_url: SecretStr = SecretStr(DEFAULT_DATABASE_URL)
     redis_url: SecretStr = SecretStr(DEFAULT_REDIS_URL)
     slot: str = Field("axiom_outbox", pattern=r"^[a-z0-9_]{1,63}$")
-    outbox_table: str = Field("public.event_outbox", pattern=r"^[a-z_]\w*\.[a-z_]\w*$")
+    outbox_table: str = Field("public.event_outbox", pattern=ident.TABLE_PATTERN)
     metrics_port: int = Field(0, ge=0, le=65535)  # 0 = no metrics endpoint
     metrics_addr: str = "127.0.0.1"  # the image sets 0.0.0.0
     health_stuck_s: float = Field(60.0, gt=0)  # /healthz fails when the loop is still longer

@@ -20,7 +20,7 @@ from cdc.consumers.plain import PlainSteps
 from cdc.consumers.steps import REDIS_ERRORS, Call, Connect, Sleep, Steps
 from cdc.errors import SinkError
 from cdc.pipeline.route import partition_stream
-from cdc.streams import keys, redisconn
+from cdc.streams import groups, keys, redisconn
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class Group(PlainSteps, OrderedSteps):
                 yield Call("xgroup_create", (stream, self.group),
                            {"id": self.start_id, "mkstream": True})
             except redis.ResponseError as e:
-                if "BUSYGROUP" not in str(e):
+                if not groups.is_busygroup(e):
                     raise redisconn.translate(e, "XGROUP CREATE") from None
             except REDIS_ERRORS as e:
                 raise redisconn.translate(e, "XGROUP CREATE") from None

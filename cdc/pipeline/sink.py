@@ -28,6 +28,7 @@ from redis.cluster import RedisCluster
 from cdc.errors import ConfigError, SinkError
 from cdc.streams import keys, luascripts
 from cdc.streams.entries import DLQ_FIELDS, ENTRY_FIELDS, STREAM_FIELDS
+from cdc.streams.groups import is_busygroup
 from cdc.streams.redisconn import cluster_client, is_cluster, pool, redis_errors, translate
 
 # Per field list: its packed names and how many of its fields every entry has.
@@ -188,7 +189,7 @@ class RedisSink:
                 try:
                     self._call(stream, "XGROUP", "CREATE", stream, group, "$", "MKSTREAM")
                 except redis.ResponseError as e:
-                    if "BUSYGROUP" not in str(e):
+                    if not is_busygroup(e):
                         raise translate(e, "XGROUP CREATE") from None
                 except (redis.RedisError, OSError) as e:
                     raise translate(e, "XGROUP CREATE") from None
