@@ -395,7 +395,7 @@ def test_backfill_waits_for_a_locked_row_instead_of_skipping_it(
 
 
 def test_redis_url_redaction_hides_passwords_anywhere() -> None:
-    from cdc.streams.redisconn import redact_url
+    from cdc.streams.urls import redact_url
 
     assert "s3cret" not in redact_url("redis://user:s3cret@h:6379/0")
     assert "s3cret" not in redact_url("redis://h:6379/0?password=s3cret")

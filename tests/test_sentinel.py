@@ -16,7 +16,7 @@ from pydantic import SecretStr
 
 from cdc.errors import ConfigError
 from cdc.settings import Settings
-from cdc.streams import redisconn
+from cdc.streams import redisconn, urls
 from devkit.localservers import LocalRedisSentinel
 from tests.chaosutil import Producer, check_invariants
 from tests.opsutil import Cli
@@ -37,15 +37,15 @@ async def _async_len(url: str) -> int:
 
 def test_sentinel_url_parses_and_redacts() -> None:
     url = "redis+sentinel://u:s3cret@h1:1,h2/svc/2?sentinel_password=p4ss"
-    s = redisconn.parse_sentinel(url)
+    s = urls.parse_sentinel(url)
     assert s.sentinels == [("h1", 1), ("h2", 26379)] and s.service == "svc" and s.db == 2
     assert (s.username, s.password, s.sentinel_password) == ("u", "s3cret", "p4ss")
-    shown = redisconn.redact_url(url)
+    shown = urls.redact_url(url)
     assert "s3cret" not in shown and "p4ss" not in shown and "h1:1,h2/svc/2" in shown
     for bad in ("redis+sentinel://h1:1", "redis+sentinel://h1:x/svc", "redis+sentinel:///svc",
                 "redis+sentinel://:pw@h1:1/a/b/c"):
         with pytest.raises(ConfigError) as e:
-            redisconn.parse_sentinel(bad)
+            urls.parse_sentinel(bad)
         assert "pw" not in str(e.value)
 
 

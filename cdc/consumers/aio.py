@@ -17,7 +17,7 @@ from cdc.consumers.entry import AsyncHandler, ConsumerStats
 from cdc.consumers.group import Group
 from cdc.consumers.steps import REDIS_ERRORS, Call, Connect, Handle, Multi, Pipe, Sleep, Steps
 from cdc.observe import tracing
-from cdc.streams import redisconn
+from cdc.streams import redisconn, urls
 
 T = TypeVar("T")
 
@@ -32,7 +32,7 @@ class AsyncConsumer(Group):
     def __init__(
         self,
         *,
-        redis_url: redisconn.Url,
+        redis_url: urls.Url,
         group: str,
         streams: Sequence[str],
         handler: AsyncHandler,

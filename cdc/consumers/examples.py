@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from cdc.consumers.worker import Consumer, ConsumerStats, Entry
-from cdc.streams import redisconn
+from cdc.streams import urls
 
 log = logging.getLogger(__name__)
 OnEntry = Callable[[Entry, str], None]
@@ -95,7 +95,7 @@ def run_example(
     group: str,
     stream: str,
     *,
-    redis_url: redisconn.Url,
+    redis_url: urls.Url,
     stop: threading.Event,
     on_entry: OnEntry | None = None,
     consumer: str | None = None,

@@ -36,7 +36,7 @@ from cdc.consumers.metrics import consumer_registry
 from cdc.consumers.steps import REDIS_ERRORS, Call, Connect, Handle, Multi, Pipe, Sleep, Steps
 from cdc.errors import SinkError
 from cdc.observe import tracing
-from cdc.streams import redisconn
+from cdc.streams import redisconn, urls
 
 __all__ = ["AsyncConsumer", "AsyncHandler", "Consumer", "ConsumerStats", "Entry", "Handler",
            "consumer_registry", "default_name"]
@@ -54,7 +54,7 @@ class Consumer(Group):
     def __init__(
         self,
         *,
-        redis_url: redisconn.Url,
+        redis_url: urls.Url,
         group: str,
         streams: Sequence[str],
         handler: Handler,

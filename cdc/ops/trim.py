@@ -19,7 +19,7 @@ import redis
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from cdc.streams import luascripts, redisconn
+from cdc.streams import luascripts, redisconn, urls
 
 log = logging.getLogger(__name__)
 TRIM = luascripts.script("trim")
@@ -41,7 +41,7 @@ class Trimmer:
     """Trim `streams` below what every group has acked; alarm above `cap` entries."""
 
     def __init__(
-        self, *, redis_url: redisconn.Url, streams: Sequence[str], cap: int = 1_000_000
+        self, *, redis_url: urls.Url, streams: Sequence[str], cap: int = 1_000_000
     ) -> None:
         self.streams = list(streams)
         self.cap = cap

@@ -14,17 +14,19 @@ from pydantic import SecretStr
 from cdc.errors import CdcError, ConfigError
 from cdc.pg import db
 from cdc.settings import Settings
-from cdc.streams import redisconn
+from cdc.streams import redisconn, urls
 
 PKG = Path(__file__).resolve().parents[2] / "cdc"
 PASSWORD = "s3cr3t-pa55"
 # Where a secret may be unwrapped, and why; anything else passes the SecretStr on.
 UNWRAP_ALLOWED = {
     "cdc/pg/db.py": "reveal: the one place a PostgreSQL DSN is unwrapped (connect)",
-    "cdc/streams/redisconn.py": "reveal: the one place a Redis URL is unwrapped (clients)",
+    "cdc/streams/urls.py": "reveal: the one place a Redis URL is unwrapped (redisconn)",
     "cdc/domain/stores/crypto.py": "Cipher.from_secret: the weaver key is used, not sent",
 }
-REVEAL_ALLOWED = {"cdc/pg/db.py", "cdc/streams/redisconn.py", "cdc/pg/migrate.py"}  # psql env
+REVEAL_ALLOWED = {  # the connection makers, the URL parsing, the psql env
+    "cdc/pg/db.py", "cdc/streams/redisconn.py", "cdc/streams/urls.py", "cdc/pg/migrate.py",
+}
 
 
 def test_bad_routes_or_groups_fail_when_settings_are_built(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -61,7 +63,7 @@ def test_secrets_never_show(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.DEBUG):
         logging.getLogger("cdc.test").info("settings: %s %r", s, s)
     shown = [repr(s), str(s), s.model_dump_json(), str(s.model_dump()), caplog.text,
-             db.redacted(s.database_url), redisconn.redact_url(s.redis_url)]
+             db.redacted(s.database_url), urls.redact_url(s.redis_url)]
     assert all(PASSWORD not in text for text in shown), shown
     # A failed connection names where it went, never with the password (port 1: refused).
     for connect in (lambda: db.connect(s.database_url, connect_timeout=2),

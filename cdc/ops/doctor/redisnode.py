@@ -13,14 +13,14 @@ from cdc.errors import CdcError
 from cdc.ops.doctor import cluster, redisconf, sentinel
 from cdc.ops.doctor.findings import FAIL, OK, WARN, Finding
 from cdc.settings import Settings
-from cdc.streams import groups, redisconn
+from cdc.streams import groups, redisconn, urls
 
 
 def check_redis(settings: Settings) -> list[Finding]:
     """Run the Redis checks."""
     url = settings.redis_url
     # Sentinel's own checks first: they still say what is wrong when no primary answers.
-    out: list[Finding] = sentinel.check(settings) if redisconn.is_sentinel(url) else []
+    out: list[Finding] = sentinel.check(settings) if urls.is_sentinel(url) else []
     try:
         client = redisconn.connect(url)
     except CdcError as e:
@@ -28,7 +28,7 @@ def check_redis(settings: Settings) -> list[Finding]:
     with client:
         try:
             version = str(client.info("server").get("redis_version", "?"))
-            where = redisconn.redact_url(url)
+            where = urls.redact_url(url)
             out.append(Finding("redis", OK, f"connected to {where} ({version})"))
             if int(version.split(".")[0]) < 7:
                 out.append(Finding(

@@ -20,7 +20,7 @@ from cdc.errors import ConfigError
 from cdc.ops.doctor import replicas
 from cdc.ops.doctor.findings import FAIL, OK, WARN, Finding
 from cdc.settings import Settings
-from cdc.streams import redisconn
+from cdc.streams import urls
 
 TIMEOUT = 2.0
 
@@ -34,7 +34,7 @@ Addr = tuple[str, int]
 def check(settings: Settings) -> list[Finding]:
     """Run the Sentinel checks for the service CDC_REDIS_URL names."""
     try:
-        url = redisconn.parse_sentinel(settings.redis_url)
+        url = urls.parse_sentinel(settings.redis_url)
     except ConfigError as e:
         return [Finding("sentinel", FAIL, str(e), e.hint)]
     out: list[Finding] = []
@@ -81,7 +81,7 @@ def _pairs(raw: Any) -> dict[str, Any]:
 
 
 def _ask(
-    host: str, port: int, url: redisconn.SentinelUrl
+    host: str, port: int, url: urls.SentinelUrl
 ) -> tuple[Addr | None, dict[str, Any] | None, str]:
     """Ask one Sentinel for the service's master address, its state and CKQUORUM."""
     kwargs: dict[str, Any] = {"socket_timeout": TIMEOUT, "socket_connect_timeout": TIMEOUT,
@@ -148,7 +148,7 @@ def _agreement(
     )
 
 
-def _master(addr: Addr, url: redisconn.SentinelUrl, settings: Settings) -> list[Finding]:
+def _master(addr: Addr, url: urls.SentinelUrl, settings: Settings) -> list[Finding]:
     """Check the master's replicas and min-replicas-to-write."""
     host, port = addr
     where = f"{host}:{port}"
