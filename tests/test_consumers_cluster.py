@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from redis.cluster import RedisCluster
 
 from cdc.consumers.worker import AsyncConsumer, Consumer, Entry
-from cdc.domain import ontology
+from cdc.domain import ontology_rebuild
 from cdc.pipeline.route import partition, partition_stream
 from cdc.settings import Settings
 from cdc.streams import keys
@@ -224,13 +224,13 @@ def test_ontology_rebuild_digest_and_consume_on_a_cluster_equal_one_redis(
         assign(conn, "acme", a1, "approver", "Approver", "u1")
         assign(conn, "acme", a2, "approver", "Approver", "u2")
         assign(conn, "globex", g1, "owner", "Owner", "u9")
-        single = ontology.rebuild(conn, rds, settings).digests
+        single = ontology_rebuild.rebuild(conn, rds, settings).digests
         rc.script_flush()  # every master: NOSCRIPT, loaded, run again
-        on_cluster = ontology.rebuild(conn, rc, cs).digests
+        on_cluster = ontology_rebuild.rebuild(conn, rc, cs).digests
     assert [d.tenant for d in single] == ["acme", "globex"] and single[0].cases == 2
     assert on_cluster == single
     for t in ("acme", "globex"):
-        found = ontology.tenant_keys(rc, keys.OntologyKeys(), t)
+        found = ontology_rebuild.tenant_keys(rc, keys.OntologyKeys(), t)
         assert len(found) > 5 and len({rc.keyslot(k) for k in found}) == 1
 
     out = cdc(cs, "ontology", "digest", "--json")
@@ -245,4 +245,4 @@ def test_ontology_rebuild_digest_and_consume_on_a_cluster_equal_one_redis(
     assert cdc(cs, "run", "--once").returncode == 0
     consumed = cdc(cs, "ontology", "consume", "--count", "7", "--timeout", "20")
     assert consumed.returncode == 0 and "handled=7" in consumed.stderr, consumed.stderr
-    assert [ontology.digest(rc, t) for t in ("acme", "globex")] == single
+    assert [ontology_rebuild.digest(rc, t) for t in ("acme", "globex")] == single

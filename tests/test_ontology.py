@@ -12,7 +12,7 @@ import pytest
 import redis
 
 from cdc.consumers.worker import Consumer
-from cdc.domain import ontology, outbox
+from cdc.domain import ontology, ontology_rebuild, outbox
 from cdc.errors import EventError
 from cdc.pipeline.contracts import Registry
 from cdc.settings import Settings
@@ -84,20 +84,20 @@ def test_relay_to_cache_then_flush_and_rebuild_gives_the_same_digest(
                                           "reviewer": {"name": "Reviewer", "assignee_id": ""}}
     assert cache.cases_with_role("acme", "approver") == sorted([a1, a3])
     assert cache.case("globex", a1) == {}  # tenants do not mix
-    live = [ontology.digest(rds, t) for t in ("acme", "globex")]
+    live = [ontology_rebuild.digest(rds, t) for t in ("acme", "globex")]
     assert [(d.cases, d.roles, d.edges) for d in live] == [(3, 2, 3), (1, 1, 1)]
 
     rds.flushall()  # Redis lost everything
-    assert ontology.digest(rds, "acme").cases == 0
+    assert ontology_rebuild.digest(rds, "acme").cases == 0
     with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
-        done = ontology.rebuild(conn, rds, settings)
+        done = ontology_rebuild.rebuild(conn, rds, settings)
     assert done.rows == workload["events"] and done.digests == live
 
     # and again over a live cache (a rebuild drops first), one tenant only
     with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
-        again = ontology.rebuild(conn, rds, settings, tenant="globex")
+        again = ontology_rebuild.rebuild(conn, rds, settings, tenant="globex")
     assert again.dropped > 0 and again.digests == live[1:]
-    assert [ontology.digest(rds, t) for t in ("acme", "globex")] == live
+    assert [ontology_rebuild.digest(rds, t) for t in ("acme", "globex")] == live
 
 
 def test_any_order_and_any_redelivery_leave_the_same_cache(rds: redis.Redis) -> None:
@@ -123,7 +123,7 @@ def test_any_order_and_any_redelivery_leave_the_same_cache(rds: redis.Redis) -> 
             cache.apply("acme", event_type, payload, "")
         assert cache.case("acme", "c1")["status"] == "OPEN"
         assert cache.roles_of("acme", "c1") == {"r1": {"name": "Owner", "assignee_id": "u2"}}
-        digests.add(ontology.digest(rds, "acme", ns=ns).sha256)
+        digests.add(ontology_rebuild.digest(rds, "acme", ns=ns).sha256)
     assert len(digests) == 1
 
 
@@ -144,7 +144,7 @@ def test_a_later_commit_wins_even_when_its_transaction_started_first(
             "SELECT payload->>'to_status' FROM public.event_outbox"
             " WHERE event_type = 'CASE_STATUS_CHANGED' ORDER BY created_at").fetchall()
         assert created == [("CLOSED",), ("ON_HOLD",)]  # created_at would get it wrong
-        ontology.rebuild(conn, rds, settings)
+        ontology_rebuild.rebuild(conn, rds, settings)
     assert ontology.OntologyCache(rds).case("acme", case_id)["status"] == "CLOSED"
 
 
@@ -160,7 +160,7 @@ def test_broken_events_are_refused_for_the_dlq(rds: redis.Redis) -> None:
         with pytest.raises(EventError):
             cache.apply(tenant, event_type, payload, "")
     cache.apply("acme", "WATCH_ALERT_TRIGGERED", {}, "")
-    assert cache.applied.ignored == 1 and ontology.tenants(rds, keys.OntologyKeys()) == []
+    assert cache.applied.ignored == 1 and ontology_rebuild.tenants(rds, keys.OntologyKeys()) == []
 
 
 def test_the_cache_survives_a_redis_restart_with_aof() -> None:
@@ -170,12 +170,12 @@ def test_the_cache_survives_a_redis_restart_with_aof() -> None:
         cache.apply("acme", "CASE_CREATED", {"case_id": "c1", "status": "OPEN", "at": 1}, "")
         cache.apply("acme", "CASE_ROLE_ASSIGNED",
                     {"case_id": "c1", "role_id": "r1", "role_name": "Owner", "at": 2}, "")
-        before = ontology.digest(client, "acme")
+        before = ontology_rebuild.digest(client, "acme")
         client.close()
         server.restart()  # a Synapse (and Redis) restart: the AOF brings it back
         client = redis.Redis.from_url(server.url, decode_responses=True)
         try:
-            assert ontology.digest(client, "acme") == before and before.cases == 1
+            assert ontology_rebuild.digest(client, "acme") == before and before.cases == 1
         finally:
             client.close()
 
@@ -184,7 +184,7 @@ def test_cli_digest_and_rebuild_check(
     settings: Settings, workload: dict[str, Any], rds: redis.Redis
 ) -> None:
     with psycopg.connect(settings.database_url.get_secret_value(), autocommit=True) as conn:
-        ontology.rebuild(conn, rds, settings)
+        ontology_rebuild.rebuild(conn, rds, settings)
     proc = cdc(settings, "ontology", "digest")
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
@@ -209,7 +209,7 @@ def test_cli_consume_keeps_the_cache(
     proc = cdc(settings, "ontology", "consume", "--count", str(workload["events"]),
                "--timeout", "20")
     assert proc.returncode == 0 and "handled=10" in proc.stderr, proc.stderr
-    live = [ontology.digest(rds, t) for t in ("acme", "globex")]
+    live = [ontology_rebuild.digest(rds, t) for t in ("acme", "globex")]
     assert [d.cases for d in live] == [3, 1]
     assert cdc(settings, "ontology", "rebuild", "--check").returncode == 0
 

@@ -11,7 +11,7 @@ import orjson
 
 from cdc.commands import stop_on_signals
 from cdc.consumers.worker import Consumer
-from cdc.domain import ontology
+from cdc.domain import ontology, ontology_rebuild
 from cdc.pg import db
 from cdc.settings import Settings
 from cdc.streams import keys, redisconn
@@ -59,7 +59,7 @@ def run_consume(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
-def _show(digests: list[ontology.Digest], as_json: bool) -> None:
+def _show(digests: list[ontology_rebuild.Digest], as_json: bool) -> None:
     for d in digests:
         if as_json:
             print(orjson.dumps({"tenant": d.tenant, "sha256": d.sha256, "cases": d.cases,
@@ -74,21 +74,21 @@ def run_rebuild(args: argparse.Namespace, settings: Settings) -> int:
     with db.connect(settings.database_url, autocommit=True) as conn, \
             redisconn.connect(settings.redis_url) as client:
         try:
-            done = ontology.rebuild(conn, client, settings, tenant=args.tenant, ns=ns)
+            done = ontology_rebuild.rebuild(conn, client, settings, tenant=args.tenant, ns=ns)
             if not args.check:
                 print(f"rebuilt from {done.rows} outbox row(s): dropped {done.dropped} key(s),"
                       f" wrote {done.applied.written}", file=sys.stderr)
                 _show(done.digests, args.json)
                 return 0
-            live = ontology.tenants(client, keys.OntologyKeys())
+            live = ontology_rebuild.tenants(client, keys.OntologyKeys())
             names = set(done.applied.tenants) | set(live)
             if args.tenant is not None:
                 names &= {args.tenant}
-            differ = ontology.compare(client, names, other=ns)
+            differ = ontology_rebuild.compare(client, names, other=ns)
         finally:
             if args.check:
-                for t in ontology.tenants(client, keys.OntologyKeys(ns)):
-                    ontology.drop(client, t, ns=ns)
+                for t in ontology_rebuild.tenants(client, keys.OntologyKeys(ns)):
+                    ontology_rebuild.drop(client, t, ns=ns)
     for live_d, built in differ:
         print(f"DIFFERS {live_d.tenant}: live {live_d.sha256[:16]} (cases={live_d.cases})"
               f" rebuilt {built.sha256[:16]} (cases={built.cases})")
@@ -99,6 +99,7 @@ def run_rebuild(args: argparse.Namespace, settings: Settings) -> int:
 def run_digest(args: argparse.Namespace, settings: Settings) -> int:
     """Print tenant, sha256 and node counts of the live cache."""
     with redisconn.connect(settings.redis_url) as client:
-        names = [args.tenant] if args.tenant else ontology.tenants(client, keys.OntologyKeys())
-        _show([ontology.digest(client, t) for t in names], args.json)
+        names = [args.tenant] if args.tenant else ontology_rebuild.tenants(
+            client, keys.OntologyKeys())
+        _show([ontology_rebuild.digest(client, t) for t in names], args.json)
     return 0
