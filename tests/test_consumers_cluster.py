@@ -10,14 +10,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import orjson
 import psycopg
-import pytest
 import redis
-from pydantic import SecretStr
 from redis.cluster import RedisCluster
 
 from cdc.consumers.worker import AsyncConsumer, Consumer, Entry
@@ -39,28 +36,6 @@ _MIXED = (  # 300 events, 100 per stream
     " 'severity', 'LOW', 'task_id', 't', 'worker_id', 'w', 'seq', g)"
     " FROM generate_series(1, 300) g"
 )
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalRedisCluster]:
-    with LocalRedisCluster(masters=3, replicas=1) as c:
-        yield c
-
-
-@pytest.fixture
-def rc(cluster: LocalRedisCluster) -> Iterator[RedisCluster]:
-    """A cluster client on an emptied cluster whose three masters all serve slots."""
-    cluster.settled()
-    client = RedisCluster.from_url(cluster.url, decode_responses=True)
-    client.flushall(target_nodes=RedisCluster.PRIMARIES)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def cs(settings: Settings, cluster: LocalRedisCluster) -> Settings:
-    """This test's settings with CDC_REDIS_URL at one node of the cluster."""
-    return settings.model_copy(update={"redis_url": SecretStr(cluster.url)})
 
 
 def _pending(rc: RedisCluster, stream: str, group: str) -> int:

@@ -6,7 +6,6 @@ relay's core cases. Also: replay sets of the format before are still honoured.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -36,28 +35,6 @@ _MIXED = (
     " 'severity', 'LOW', 'task_id', 't', 'worker_id', 'w', 'seq', g),"
     " now() - interval '2 hours' + g * interval '1 ms' FROM generate_series(1, 300) g"
 )
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[LocalRedisCluster]:
-    with LocalRedisCluster(masters=3, replicas=1) as c:
-        yield c
-
-
-@pytest.fixture
-def rc(cluster: LocalRedisCluster) -> Iterator[RedisCluster]:
-    """A cluster client on an emptied cluster whose three masters all serve slots."""
-    cluster.settled()
-    client = RedisCluster.from_url(cluster.url, decode_responses=True)
-    client.flushall(target_nodes=RedisCluster.PRIMARIES)
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def cs(settings: Settings, cluster: LocalRedisCluster) -> Settings:
-    """This test's settings with CDC_REDIS_URL at one node of the cluster."""
-    return settings.model_copy(update={"redis_url": SecretStr(cluster.url)})
 
 
 @pytest.fixture

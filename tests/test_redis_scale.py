@@ -78,12 +78,6 @@ def test_relay_started_on_format_1_marks_publishes_each_event_once(
     assert rds.get(keys.hwm_v1("axiom:core:events")) is None
 
 
-@pytest.fixture(scope="module")
-def cluster() -> LocalRedisCluster:
-    with LocalRedisCluster(masters=3, replicas=1) as c:
-        yield c  # type: ignore[misc]
-
-
 def test_relay_on_a_redis_cluster_routes_dedups_and_dead_letters(
     cluster: LocalRedisCluster, settings: Settings, pg_dsn: str, tmp_path: Path
 ) -> None:
