@@ -13,7 +13,7 @@ demo: bootstrap
 check: bootstrap
 	$(VENV)/ruff check cdc devkit tests bench
 	$(VENV)/mypy cdc devkit
-	$(VENV)/pytest -q -p no:cacheprovider tests/unit
+	HYPOTHESIS_PROFILE=quick $(VENV)/pytest -q -p no:cacheprovider tests/unit
 
 test: bootstrap
 	$(VENV)/ruff check cdc devkit tests bench

@@ -1,9 +1,14 @@
 """The lean validator accepts and rejects exactly what each pydantic contract does, and
-idempotency keys read as PostgreSQL's ->> prints them (property tests, hypothesis)."""
+idempotency keys read as PostgreSQL's ->> prints them (property tests, hypothesis).
+
+`make test` runs 150 examples per contract; `make check` sets HYPOTHESIS_PROFILE=quick
+(30) so the unit tests stay a few seconds.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 from typing import Any
 
 import orjson
@@ -15,6 +20,7 @@ from pydantic import ValidationError
 from cdc.pipeline.contracts import _lean_validator, key_text
 from cdc.pipeline.payloads import DEFAULT_CONTRACTS, Contract
 
+EXAMPLES = {"thorough": 150, "quick": 30}[os.environ.get("HYPOTHESIS_PROFILE", "thorough")]
 LEAN = {t: (m, v) for t, m in DEFAULT_CONTRACTS.items() if (v := _lean_validator(m))}
 scalars = st.one_of(
     st.none(), st.booleans(), st.integers(-2**40, 2**40), st.text(max_size=8),
@@ -32,7 +38,7 @@ def test_most_contracts_have_a_lean_validator() -> None:
 
 
 @pytest.mark.parametrize("event_type", sorted(LEAN))
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=EXAMPLES, deadline=None)
 @given(data=st.data())
 def test_lean_validator_agrees_with_the_model(event_type: str, data: st.DataObject) -> None:
     model, lean = LEAN[event_type]
