@@ -293,12 +293,14 @@ def test_metrics_endpoint_exports_the_seed_metrics(
             }
 
         lag_key = 'core_consumer_group_lag{group="synapse_group",stream="axiom:core:events"}'
+        # One sample may read Redis after the XADD and PostgreSQL before the write-back's
+        # UPDATE (the Marker runs beside the loop): wait for a sample after both.
         wait_for(
             lambda: (
-                scrape().get("core_event_outbox_published_total") == 30
-                and scrape().get(lag_key) == 30
+                (m := scrape()).get("core_event_outbox_published_total") == 30
+                and m.get(lag_key) == 30 and m.get("core_event_outbox_pending") == 0
             ),
-            what="published count and group lag",
+            what="published count, group lag and no row left PENDING",
         )
         got = scrape()
     for name in (
