@@ -104,6 +104,22 @@ def insert_cases(
             done += k
 
 
+def insert_aggregates(
+    dsn: str, *, chunks: int = 4, per_tx: int = 500, aggregates: int = 50
+) -> None:
+    """Insert `chunks` transactions of `per_tx` CASE_CREATED events over `aggregates` cases,
+    `seq` numbering them in commit order."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for chunk in range(chunks):
+            conn.execute(
+                "INSERT INTO event_outbox (tenant_id, aggregate_type, aggregate_id, event_type,"
+                " payload) SELECT 't1', 'case', 'case-' || (g %% %s), 'CASE_CREATED',"
+                " jsonb_build_object('case_id', 'c', 'status', 'OPEN', 'seq', g)"
+                " FROM generate_series(%s::int, %s::int) g",
+                (aggregates, chunk * per_tx + 1, chunk * per_tx + per_tx),
+            )
+
+
 def stream_events(rds: redis.Redis, stream: str = "axiom:core:events") -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
     last = "-"

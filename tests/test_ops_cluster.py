@@ -43,6 +43,17 @@ def ccli(cs: Settings, cli: Cli) -> Cli:
     return cli
 
 
+def _insert_mixed_and_one_bad(dsn: str) -> str:
+    """Insert the 300 mixed rows and one CASE_CREATED without its status; return its id."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(_MIXED)
+        return str(conn.execute(
+            "INSERT INTO event_outbox (tenant_id, aggregate_type, aggregate_id, event_type,"
+            " payload) VALUES ('t1', 'case', 'c9', 'CASE_CREATED', %s) RETURNING id::text",
+            (BAD,),
+        ).fetchone()[0])  # type: ignore[index]
+
+
 def _events(rc: RedisCluster, stream: str) -> list[dict[str, str]]:
     return stream_events(rc, stream)  # type: ignore[arg-type]
 
@@ -68,13 +79,7 @@ def test_relay_and_every_tool_on_a_cluster(
     # The DLQ stream and the old set live elsewhere: one script could not touch them all.
     assert rc.keyslot(keys.DLQ) != rc.keyslot(STREAMS[0]) != rc.keyslot(keys.DLQ_REPLAYED)
     assert cdc(cs, "slot", "create").returncode == 0
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(_MIXED)
-        bad_id = str(conn.execute(
-            "INSERT INTO event_outbox (tenant_id, aggregate_type, aggregate_id, event_type,"
-            " payload) VALUES ('t1', 'case', 'c9', 'CASE_CREATED', %s) RETURNING id::text",
-            (BAD,),
-        ).fetchone()[0])  # type: ignore[index]
+    bad_id = _insert_mixed_and_one_bad(pg_dsn)
     res = cdc(cs, "run", "--once")
     assert res.returncode == 0, res.stderr
     assert [rc.xlen(s) for s in STREAMS] == [100, 100, 100] and rc.xlen(keys.DLQ) == 1
@@ -229,13 +234,7 @@ def test_replay_sets_of_the_format_before_are_honoured(
 ) -> None:
     """An id in `axiom:cdc:dlq:replayed` or a run's one set was republished: not again."""
     assert cdc(settings, "slot", "create").returncode == 0
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        conn.execute(_MIXED)
-        bad_id = str(conn.execute(
-            "INSERT INTO event_outbox (tenant_id, aggregate_type, aggregate_id, event_type,"
-            " payload) VALUES ('t1', 'case', 'c9', 'CASE_CREATED', %s) RETURNING id::text",
-            (BAD,),
-        ).fetchone()[0])  # type: ignore[index]
+    bad_id = _insert_mixed_and_one_bad(pg_dsn)
     assert cdc(settings, "run", "--once").returncode == 0
     # What the old `cdc dlq replay` left when it died before marking the row: the entry on
     # its stream (the old script also deleted the DLQ copy) and the id in the one old set.

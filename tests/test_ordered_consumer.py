@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import psycopg
 import pytest
 import redis
 
@@ -23,7 +22,7 @@ from cdc.ops import status
 from cdc.pipeline.route import partition, partition_stream
 from cdc.settings import Settings
 from cdc.streams import keys
-from tests.relayutil import cdc, relay_env, wait_for
+from tests.relayutil import cdc, insert_aggregates, relay_env, wait_for
 
 ROUTE = "axiom:core:events"
 PARTS = [partition_stream(ROUTE, p) for p in range(8)]
@@ -199,13 +198,7 @@ def test_relay_partitions_feed_ordered_consumers_and_status_names_owners(
 ) -> None:
     routes = "*=axiom:core:events/8"
     assert cdc(settings, "slot", "create").returncode == 0
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        for chunk in range(4):  # 2000 events of 50 aggregates, in four transactions
-            conn.execute(
-                "INSERT INTO event_outbox (tenant_id, aggregate_type, aggregate_id, event_type,"
-                " payload) SELECT 't1', 'case', 'case-' || (g %% 50), 'CASE_CREATED',"
-                " jsonb_build_object('case_id', 'c', 'status', 'OPEN', 'seq', g)"
-                " FROM generate_series(%s::int, %s::int) g", (chunk * 500 + 1, chunk * 500 + 500))
+    insert_aggregates(pg_dsn)  # 2000 events of 50 aggregates, in four transactions
     res = cdc(settings, "run", "--once", CDC_ROUTES=routes)
     assert res.returncode == 0, res.stderr
     url = settings.redis_url.get_secret_value()

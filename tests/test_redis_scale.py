@@ -22,7 +22,15 @@ from cdc.streams import keys
 from cdc.streams.redisconn import is_cluster
 from devkit.localservers import LocalRedis, LocalRedisCluster
 from tests.chaosutil import assert_published_rows_have_entries
-from tests.relayutil import cdc, insert_cases, relay, slot_lag, stream_events, wait_for
+from tests.relayutil import (
+    cdc,
+    insert_aggregates,
+    insert_cases,
+    relay,
+    slot_lag,
+    stream_events,
+    wait_for,
+)
 
 STREAMS = ("axiom:core:events", "axiom:watches", "axiom:workers")
 
@@ -199,13 +207,7 @@ def test_partitioned_route_keeps_each_aggregate_in_order_and_refuses_a_new_n(
 
     routes = "WATCH_*=axiom:watches,WORKER_*=axiom:workers,*=axiom:core:events/8"
     assert cdc(settings, "slot", "create").returncode == 0
-    with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        for chunk in range(4):  # 2000 events of 50 aggregates, in four transactions
-            conn.execute(
-                "INSERT INTO event_outbox (tenant_id, aggregate_type, aggregate_id, event_type,"
-                " payload) SELECT 't1', 'case', 'case-' || (g %% 50), 'CASE_CREATED',"
-                " jsonb_build_object('case_id', 'c', 'status', 'OPEN', 'seq', g)"
-                " FROM generate_series(%s::int, %s::int) g", (chunk * 500 + 1, chunk * 500 + 500))
+    insert_aggregates(pg_dsn)  # 2000 events of 50 aggregates, in four transactions
     res = cdc(settings, "run", "--once", CDC_ROUTES=routes)
     assert res.returncode == 0, res.stderr
     assert not rds.exists("axiom:core:events")  # N > 1: only the partitions
