@@ -1,4 +1,4 @@
-.PHONY: bootstrap demo check test test-deploy constraints lint typecheck pytest bench clean
+.PHONY: bootstrap demo check test test-slow test-deploy constraints lint typecheck pytest bench clean
 
 VENV := .venv/bin
 
@@ -15,10 +15,15 @@ check: bootstrap
 	$(VENV)/mypy cdc devkit
 	HYPOTHESIS_PROFILE=quick $(VENV)/pytest -q -p no:cacheprovider tests/unit
 
+# Everything but the long fault cases and the podman stack: ruff, mypy, pytest on real servers.
 test: bootstrap
 	$(VENV)/ruff check cdc devkit tests bench
 	$(VENV)/mypy cdc devkit
-	$(VENV)/pytest -q
+	$(VENV)/pytest -q -m 'not deploy and not slow'
+
+# The long fault cases (marker slow): SIGKILLs, Redis refusing writes, cut links, failovers.
+test-slow: bootstrap
+	$(VENV)/pytest -q -m 'slow and not deploy'
 
 # Build the images and start the compose stack with podman; prove streaming, handover, stop.
 test-deploy: bootstrap
