@@ -220,9 +220,15 @@ def test_stack_streams_hands_over_and_stops_cleanly(stack: Stack) -> None:
     assert uid == "10001", uid
     touch = s.exec(standby, "touch", "/opt/axiom-cdc/probe")
     assert touch.returncode != 0 and "Read-only file system" in touch.stderr, touch
+    # compose sets CDC_METRICS_ADDR itself; the image alone must listen beyond loopback too
+    default = podman("run", "--rm", "--network", "none", "--entrypoint", "python",
+                     s.services[standby]["image"], "-c",
+                     "from cdc.settings import Settings; print(Settings().metrics_addr)")
+    assert default.stdout.strip() == "0.0.0.0", default
     say(f"{standby} runs as uid {uid} (user {inspect['Config']['User']!r}) on a read-only"
         f" root: touch says {touch.stderr.strip()!r}; image HEALTHCHECK"
-        f" {image['Healthcheck']['Test'][1:]}")
+        f" {image['Healthcheck']['Test'][1:]}; the image alone binds metrics to"
+        f" {default.stdout.strip()}")
 
     with psycopg.connect(dsn) as conn:
         role = conn.execute(

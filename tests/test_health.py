@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 
@@ -17,8 +20,8 @@ from cdc.observe import health
 from cdc.observe.metrics import Metrics
 from cdc.observe.sampler import Sampler
 from cdc.settings import Settings
-from devkit.localservers import free_port
-from tests.relayutil import cdc, insert_cases, relay, wait_for
+from devkit.localservers import LocalRedis, free_port
+from tests.relayutil import cdc, insert_cases, relay, slot_lag, wait_for
 
 
 def get(port: int, path: str) -> tuple[int, str]:
@@ -147,3 +150,34 @@ def test_sampler_keeps_postgres_gauges_true_while_redis_is_down(
     Sampler(settings, metrics, threading.Event()).sample()  # Redis back: no new error
     assert metrics.registry.get_sample_value(
         "core_relay_sampler_errors_total", {"source": "redis"}) == 2
+
+
+def test_sampler_keeps_slot_lag_and_pending_true_while_redis_is_paused(settings: Settings) -> None:
+    """The issue's case: Redis SIGSTOPped (not refusing: every call waits for its timeout)."""
+    dsn = settings.database_url.get_secret_value()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'wal2json')", (settings.slot,))
+    insert_cases(dsn, 300)  # WAL the slot has not confirmed: its lag grows past 0
+    paused = LocalRedis()
+    paused.start()
+    assert paused.proc is not None
+    os.kill(paused.proc.pid, signal.SIGSTOP)
+    try:
+        metrics = Metrics()
+        broken = settings.model_copy(update={"redis_url": SecretStr(paused.url)})
+        before = slot_lag(dsn, settings.slot)
+        started = time.monotonic()
+        Sampler(broken, metrics, threading.Event(), interval=60).sample()
+        took = time.monotonic() - started
+        after = slot_lag(dsn, settings.slot)
+    finally:
+        os.kill(paused.proc.pid, signal.SIGCONT)
+        paused.stop()
+    lag = metrics.registry.get_sample_value("core_relay_slot_lag_bytes")
+    assert lag is not None and 0 < before <= lag <= after, (before, lag, after)
+    assert metrics.registry.get_sample_value("core_event_outbox_pending") == 300
+    assert metrics.registry.get_sample_value(
+        "core_relay_sampler_errors_total", {"source": "redis"}) == 1
+    assert metrics.registry.get_sample_value(
+        "core_relay_sampler_errors_total", {"source": "postgres"}) is None
+    assert took < 10, f"a paused Redis held the sample {took:.1f} s"
