@@ -1,7 +1,8 @@
 """Every privilege `cdc run` uses, in one place: doctor checks these, migration 006 grants them.
 
-`tests/test_privileges.py` checks that sql/006_relay_role.sql grants `cdc_relay` exactly this
-list, so the two cannot drift apart.
+`tests/test_delivery.py::test_migration_006_grants_cdc_relay_exactly_what_doctor_checks`
+checks that sql/006_relay_role.sql grants `cdc_relay` exactly this list, so the two cannot
+drift apart.
 """
 
 from __future__ import annotations

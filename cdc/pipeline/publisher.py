@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
-from cdc.errors import EventError
+from cdc.errors import Action, EventError, policy
 from cdc.observe.metrics import Metrics
 from cdc.pipeline.checkpoint import Batch
 from cdc.pipeline.contracts import Registry, check_event
@@ -75,6 +75,8 @@ class Publisher:
             try:
                 stream = check(ev)
             except EventError as e:
+                if policy(e) is not Action.DEAD_LETTER:  # errors.policy decides, here too
+                    raise
                 maybe = self._failed(ev, e, by_stream, names)
                 if maybe is None:
                     continue

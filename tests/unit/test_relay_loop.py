@@ -14,9 +14,10 @@ from typing import Any
 import orjson
 import pytest
 
-from cdc.errors import EventError, SinkError
+from cdc.errors import Action, EventError, SinkError
 from cdc.observe.metrics import Metrics
 from cdc.pg import lsn as lsnlib
+from cdc.pipeline import publisher
 from cdc.pipeline.checkpoint import Checkpoint
 from cdc.pipeline.contracts import Registry
 from cdc.pipeline.decode import OutboxEvent
@@ -247,6 +248,18 @@ def test_a_failed_event_is_dead_lettered_in_its_batch_and_never_marked() -> None
     assert "status" in fields["error"] and fields["original_stream"] == "axiom:core:events"
     marked = wb.submitted[0][0]
     assert len(marked) == 2 and failures.failed[0] not in marked  # only what was published
+
+
+def test_the_publisher_dead_letters_only_what_errors_policy_says(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """errors.policy() is the one place that decides: told to stop, the publisher raises."""
+    monkeypatch.setattr(publisher, "policy", lambda e: Action.STOP)
+    sink, failures = FakeSink(), FakeFailures()
+    broken = tx(0x300, 1, payload={"case_id": "c"})
+    with pytest.raises(EventError, match="status"):
+        run_loop([*tx(0x200, 1), *broken, LULL], sink=sink, failures=failures)
+    assert sink.sent == [] and failures.failed == []
 
 
 def test_an_unanswered_batch_is_read_once_overdue() -> None:
