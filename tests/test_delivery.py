@@ -366,6 +366,7 @@ def test_redis_reset_mid_run_is_reported_and_recovered_without_duplicates(
             assert "Redis reset acknowledged" in res.err
             ids = [e["event_id"] for e in stream_events(client)]
             assert len(ids) == len(set(ids)) == 5000
+            assert_published_rows_have_entries(pg_dsn, client)  # the a's are back, too
             assert "Redis lost" not in cli("status").out
             wait_for(lambda: _metric(port, "core_relay_redis_reset") == 0,
                      what="the reset metric cleared by the acknowledgement")
