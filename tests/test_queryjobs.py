@@ -10,6 +10,7 @@ import redis
 from cdc.domain.queryjobs import QueryJob, QueryJobStore
 from cdc.errors import StoreError
 from cdc.streams import keys
+from devkit.localservers import LocalRedis
 
 
 def test_save_get_and_default_ttl(rds: redis.Redis) -> None:
@@ -74,3 +75,22 @@ def test_works_with_a_bytes_client(redis_url: str) -> None:
         assert jobs.update_status("j1", "FAILED", error="bad sql").error == "bad sql"
     finally:
         client.close()
+
+
+def test_a_job_survives_a_weaver_and_a_redis_restart_with_aof() -> None:
+    """P0-03: the job lives in Redis, not the process; AOF keeps it and its TTL."""
+    with LocalRedis(appendonly=True) as server:
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        saved = QueryJobStore(client, ttl_s=600).save(
+            QueryJob("j1", "t1", data={"sql": "SELECT 1"}))
+        QueryJobStore(client).update_status("j1", "RUNNING")
+        client.close()
+        server.kill()  # SIGKILL: appendfsync always, so what Redis acked is on disk
+        server.start()
+        client = redis.Redis.from_url(server.url, decode_responses=True)
+        again = QueryJobStore(client).get("j1")  # a new store, as after a Weaver restart
+        left = QueryJobStore(client).ttl_s("j1")
+        client.close()
+    assert again is not None and again.status == "RUNNING" and again.data == saved.data
+    assert again.created_at == saved.created_at
+    assert left is not None and 500 < left <= 600

@@ -14,11 +14,13 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, TraceState
+from sqlalchemy import create_engine
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.orm import Session
 
 from cdc.consumers.worker import AsyncConsumer, Consumer, Entry
 from cdc.domain import outbox
-from cdc.domain.sqla import emit_async
+from cdc.domain.sqla import emit, emit_async
 from cdc.errors import ConfigError
 from cdc.pg import migrate
 from cdc.settings import SQL_DIR, Settings
@@ -137,6 +139,43 @@ def test_async_session_to_async_consumer(
     asyncio.run(consume())
     assert seen == [trace_id]
     assert [s.context.trace_id for s in consumer_spans(spans)] == [trace_id]
+
+
+def test_sync_session_carries_the_request_span_to_the_consumer(
+    settings: Settings, spans: InMemorySpanExporter
+) -> None:
+    tracer = trace.get_tracer("test")
+    engine = create_engine(settings.database_url.get_secret_value().replace(
+        "postgresql://", "postgresql+psycopg://", 1))
+    try:
+        with tracer.start_as_current_span("POST /alerts") as request, Session(engine) as session, \
+                session.begin():
+            emit(session, alert(1))
+        with Session(engine) as session, session.begin():
+            emit(session, alert(2))  # no span: no trace context
+    finally:
+        engine.dispose()
+    ctx = request.get_span_context()
+    with psycopg.connect(settings.database_url.get_secret_value()) as conn:
+        rows = conn.execute("SELECT aggregate_id, traceparent FROM event_outbox"
+                            " ORDER BY aggregate_id").fetchall()
+    flags = f"{int(ctx.trace_flags):02x}"
+    assert rows == [("w1", f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{flags}"), ("w2", None)]
+    assert cdc(settings, "run", "--once").returncode == 0
+    seen: dict[str, int] = {}
+
+    def handler(entry: Entry) -> None:
+        seen[entry.fields["aggregate_id"]] = trace.get_current_span().get_span_context().trace_id
+
+    c = Consumer(redis_url=settings.redis_url.get_secret_value(), group="g",
+                 streams=[keys.WATCHES], start_id="0", handler=handler)
+    try:
+        c.run(limit=2, timeout=10)
+    finally:
+        c.close()
+    assert seen["w1"] == ctx.trace_id and seen["w2"] != ctx.trace_id
+    assert [s.context.trace_id for s in consumer_spans(spans)
+            if s.parent is not None] == [ctx.trace_id]
 
 
 def test_the_columns_are_added_in_place_and_the_write_back_stays_hot(pg_dsn: str) -> None:
