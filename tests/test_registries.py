@@ -209,6 +209,23 @@ def test_model_refusals_leave_the_callers_transaction_usable(pool: Pool, pg_dsn:
     assert models.latest("t2", task.id) is None  # another tenant reads nothing
 
 
+def test_a_rolled_back_model_save_leaves_no_version_and_no_event(
+    pool: Pool, pg_dsn: str
+) -> None:
+    task = finished_task(pool)
+    models = MiningModelStore(pool)
+    before = [e[0] for e in events(pg_dsn)]
+    with psycopg.connect(pg_dsn) as conn:
+        assert models.save("t1", task.id, "bpmn", BPMN, conn=conn).version == 1
+        n = conn.execute("SELECT count(*) FROM public.event_outbox"
+                         " WHERE event_type = 'MINING_MODEL_SAVED'").fetchone()
+        assert n == (1,)  # the version and its event in the caller's transaction...
+        conn.rollback()  # ...and gone with it
+    assert models.versions("t1", task.id) == [] and models.latest("t1", task.id) is None
+    assert [e[0] for e in events(pg_dsn)] == before
+    assert models.save("t1", task.id, "bpmn", BPMN).version == 1  # the number was not spent
+
+
 def test_newest_model_per_task_is_one_indexed_query(pg_dsn: str) -> None:
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
         conn.execute(
