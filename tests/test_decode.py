@@ -88,6 +88,42 @@ def test_the_layout_is_learned_again_when_columns_are_added_or_renamed() -> None
     assert isinstance(back, OutboxEvent) and back.traceparent == "" and back.position == 6
 
 
+def traced_insert(n: int, parent: str | None, state: str | None, *, last: bool = True) -> bytes:
+    """An insert into an outbox with the trace columns (sql/009), as wal2json prints it."""
+    data = orjson.loads(bytes(insert(n)))
+    trace = [{"name": "traceparent", "value": parent}, {"name": "tracestate", "value": state}]
+    data["columns"] = data["columns"] + trace if last else trace + data["columns"]
+    return orjson.dumps(data)
+
+
+def test_traced_and_untraced_inserts_share_one_layout_wherever_the_trace_columns_sit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    learned: list[int] = []
+    real = Decoder._learn
+    monkeypatch.setattr(Decoder, "_learn", lambda self, cols: learned.append(len(cols))
+                        or real(self, cols))
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    d = Decoder()
+    d.feed(begin())
+    cases = [(None, None), (tp, "k=v"), (None, None), (tp, None), (None, "k=v"), (None, None)]
+    for n, (parent, state) in enumerate(cases, start=1):
+        data = traced_insert(n, parent, state)
+        ev = d.feed(memoryview(data))
+        assert isinstance(ev, OutboxEvent) and ev.aggregate_id == f"case-{n}"
+        assert (ev.traceparent, ev.tracestate) == (parent or "", (state or "") if parent else "")
+        assert ev.position == n and ev.payload == '{"case_id": "c1"}'
+    assert learned == [13]  # once: traced or not, the layout holds
+    # trace columns first (a table of one's own): read by name all the same
+    d = Decoder()
+    d.feed(begin())
+    for n, (parent, state) in enumerate(cases, start=1):
+        ev = d.feed(traced_insert(n, parent, state, last=False))
+        assert isinstance(ev, OutboxEvent) and ev.traceparent == (parent or "")
+        assert ev.aggregate_id == f"case-{n}"
+    assert learned == [13, 13]
+
+
 def test_dedup_keys_stay_in_order_across_positions_256_apart() -> None:
     d = Decoder(epoch=1)
     d.feed(begin())
