@@ -93,6 +93,7 @@ def test_oom_reply_carries_the_redis_is_full_hint(rds: redis.Redis) -> None:
     assert "Redis is full" in err.hint and "OOM" in str(err)
 
 
+@pytest.mark.chaos
 def test_commits_decoded_before_they_are_visible(tmp_path: Path, redis_url: str) -> None:
     """Synchronous replication to a standby that never answers: commits wait, invisible.
 
@@ -322,6 +323,7 @@ def _confirmed_past(dsn: str, slot: str, lsn: str) -> bool:
         return bool(row and row[0])
 
 
+@pytest.mark.chaos
 @pytest.mark.parametrize("how", ["flushall", "replaced", "flushall-before-first-batch"])
 def test_redis_reset_mid_run_is_reported_and_recovered_without_duplicates(
     how: str, settings: Settings, pg_dsn: str, cli: Cli, tmp_path: Path
@@ -356,6 +358,8 @@ def test_redis_reset_mid_run_is_reported_and_recovered_without_duplicates(
                      what="the events after the reset")
             wait_for(lambda: _metric(port, "core_relay_redis_reset") == 1,
                      what="the reset metric")
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=3) as r:
+                assert r.status == 200 and "Redis lost state" in r.read().decode()
             status = cli("status")
             assert status.code == 1 and "Redis lost its streams" in status.out, status.out
             doctor = _levels(cli("doctor", "--json").json())["redis_reset"]
@@ -377,6 +381,7 @@ def test_redis_reset_mid_run_is_reported_and_recovered_without_duplicates(
         client.close()
 
 
+@pytest.mark.chaos
 def test_slot_dropped_under_a_running_relay_is_created_again(
     settings: Settings, pg_dsn: str, rds: redis.Redis, tmp_path: Path
 ) -> None:

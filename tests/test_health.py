@@ -80,6 +80,18 @@ def test_healthz_fails_when_the_loop_stops_beating() -> None:
     assert probes.healthz()[0] == 200 and probes.readyz()[0] == 503
 
 
+def test_readyz_names_an_unacknowledged_redis_reset_while_streaming() -> None:
+    metrics = Metrics()
+    probes = health.Health(metrics, slot="s", stuck_after=30)
+    metrics.up.set(1)
+    assert probes.readyz() == (200, "streaming slot s\n")
+    metrics.redis_reset.set(1)  # it keeps publishing (architecture.md): ready, and says so
+    code, text = probes.readyz()
+    assert code == 200 and "Redis lost state" in text and "cdc status" in text
+    metrics.redis_reset.set(0)
+    assert probes.readyz() == (200, "streaming slot s\n")
+
+
 def test_metrics_addr_defaults_to_loopback_and_a_busy_port_is_one_line(
     settings: Settings,
 ) -> None:

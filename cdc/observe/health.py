@@ -34,6 +34,10 @@ class Health:
     def readyz(self) -> tuple[int, str]:
         """Return 200 while streaming the slot, else 503 saying why."""
         if self.metrics.up.last == 1:
+            if self.metrics.redis_reset.last == 1:  # it streams on: ready, but not silently
+                return 200, (f"streaming slot {self.slot}; Redis lost state it had"
+                             " acknowledged (core_relay_redis_reset 1): `cdc status` names"
+                             " the recovery\n")
             return 200, f"streaming slot {self.slot}\n"
         if self.metrics.slot_active.last == 1:
             return 503, f"standing by: slot {self.slot} is held by another relay\n"

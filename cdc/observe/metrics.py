@@ -112,7 +112,7 @@ class Metrics:
             "core_consumer_group_pending", "Entries delivered to a group but not acknowledged",
             ["stream", "group"], registry=r,
         )
-        self.redis_reset = Gauge(
+        self.redis_reset = LastGauge(
             "core_relay_redis_reset",
             "1 while a Redis reset (state lost after it acknowledged events) is unacknowledged",
             registry=r,
