@@ -381,6 +381,20 @@ def test_redis_reset_mid_run_is_reported_and_recovered_without_duplicates(
         client.close()
 
 
+def _drop_slot_under_the_relay(dsn: str, slot: str) -> None:
+    """Drop `slot` although a relay streams it (terminating its walsender until it lets go)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        def dropped() -> bool:
+            conn.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
+                         " WHERE slot_name = %s AND active_pid IS NOT NULL", (slot,))
+            try:
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            except psycopg.errors.ObjectInUse:
+                return False
+            return True
+        wait_for(dropped, what="the slot dropped")
+
+
 @pytest.mark.chaos
 def test_slot_dropped_under_a_running_relay_is_created_again(
     settings: Settings, pg_dsn: str, rds: redis.Redis, tmp_path: Path
@@ -389,16 +403,7 @@ def test_slot_dropped_under_a_running_relay_is_created_again(
         wait_for(lambda: slot_active(pg_dsn, settings.slot), what="the slot held")
         insert_cases(pg_dsn, 10, tag="a")
         wait_for(lambda: rds.xlen("axiom:core:events") == 10, what="10 entries")
-        with psycopg.connect(pg_dsn, autocommit=True) as conn:
-            def dropped() -> bool:
-                conn.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
-                             " WHERE slot_name = %s AND active_pid IS NOT NULL", (settings.slot,))
-                try:
-                    conn.execute("SELECT pg_drop_replication_slot(%s)", (settings.slot,))
-                except psycopg.errors.ObjectInUse:
-                    return False
-                return True
-            wait_for(dropped, what="the slot dropped")
+        _drop_slot_under_the_relay(pg_dsn, settings.slot)
         wait_for(lambda: slot_active(pg_dsn, settings.slot), timeout=30, what="the slot again")
         insert_cases(pg_dsn, 10, tag="b")
         wait_for(lambda: rds.xlen("axiom:core:events") == 20, what="events after the drop")
@@ -511,3 +516,41 @@ def test_write_back_owes_a_missing_row_until_older_transactions_end_then_drops_i
     finally:
         older.close()
         wb.close()
+
+
+@pytest.mark.chaos
+def test_least_privilege_role_recreates_a_dropped_slot_and_records_a_redis_reset(
+    settings: Settings, pg_dsn: str, rds: redis.Redis, tmp_path: Path
+) -> None:
+    """The relay's fault paths (slot re-creation, backfill, reset record) need only cdc_relay."""
+    _, dsn = _relay_role(pg_dsn)
+    s = settings.model_copy(update={"database_url": SecretStr(dsn)})
+    port, log = free_port(), tmp_path / "relay.log"
+    with relay(s, str(log), CDC_METRICS_PORT=str(port), CDC_METRICS_SAMPLE_S="0.2"):
+        wait_for(lambda: slot_active(pg_dsn, s.slot), what="the slot held")
+        insert_cases(pg_dsn, 10, tag="a")
+        wait_for(lambda: rds.xlen("axiom:core:events") == 10, what="10 entries")
+        _drop_slot_under_the_relay(pg_dsn, s.slot)
+        wait_for(lambda: slot_active(pg_dsn, s.slot), timeout=30, what="the slot again")
+        insert_cases(pg_dsn, 10, tag="b")
+        wait_for(lambda: {e["event_id"] for e in stream_events(rds)} >= _ids(pg_dsn),
+                 what="every row in the stream after the re-creation")
+        after = _wal_lsn(pg_dsn)
+        wait_for(lambda: _confirmed_past(pg_dsn, s.slot, after), what="the b's confirmed")
+        rds.flushall()
+        insert_cases(pg_dsn, 10, tag="c")
+        wait_for(lambda: _metric(port, "core_relay_redis_reset") == 1, what="the reset recorded")
+        wait_for(lambda: rds.xlen("axiom:core:events") == 10, what="the c's after the reset")
+    text = log.read_text()
+    assert "created slot" in text and "Redis lost its state" in text
+    assert "permission denied" not in text
+    with psycopg.connect(pg_dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT reset_count FROM public.cdc_redis_state"
+                            " WHERE slot_name = %s", (s.slot,)).fetchone() == (1,)
+        assert conn.execute("SELECT count(*) FILTER (WHERE status <> 'PUBLISHED'), count(*)"
+                            " FROM event_outbox").fetchone() == (0, 30)
+
+
+def _ids(dsn: str) -> set[str]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        return {r[0] for r in conn.execute("SELECT id::text FROM event_outbox")}
