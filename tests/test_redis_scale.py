@@ -258,8 +258,9 @@ def test_cluster_master_killed_mid_run(
     With CDC_REDIS_MIN_REPLICAS=1 nothing the replica had not received was acknowledged:
     after the failover the relay re-publishes it, lost 0, duplicated 0, commit order. With
     0 the relay acknowledges (marks, confirms) what only the master holds while the replica
-    is paused: what a crash of that master can lose. (Here the paused replica still gets it
-    from its socket's kernel buffer when resumed, so the run itself loses nothing.)
+    is paused: what a crash of that master can lose. Whether it does depends on what of the
+    master's replication stream the kernel still delivers after the SIGKILL (a CI run lost
+    2,000 of 3,000 such events, other runs none), so the test bounds the loss by that window.
     """
     from tests.chaosutil import Producer
 
@@ -281,12 +282,15 @@ def test_cluster_master_killed_mid_run(
                    CDC_REDIS_WAIT_TIMEOUT_MS="300") as proc:
             thread = producer.start()
             wait_for(lambda: producer.done > 4000, what="a run in progress")
+            at_stop = _published(pg_dsn)
             os.kill(replica.proc.pid, signal.SIGSTOP)  # the replica falls behind...
-            time.sleep(0.3)
+            time.sleep(0.3)  # (batches acknowledged before the stop get their marks)
             before = _published(pg_dsn)
             time.sleep(1.0)
-            acked_unreplicated = _published(pg_dsn) - before
             master.kill()  # ...and its master dies
+            time.sleep(0.3)  # the marks of what it acknowledged before it died land
+            acked_unreplicated = _published(pg_dsn) - before
+            window = _published(pg_dsn) - at_stop  # all a crash could take, and more
             os.kill(replica.proc.pid, signal.SIGCONT)
             wait_for(lambda: _promoted(c, stream, replica.port), timeout=30,
                      what="the replica promoted")
@@ -316,11 +320,14 @@ def test_cluster_master_killed_mid_run(
               f" entries={len(got)} lost={lost} duplicated={dup}")
         assert dup == 0
         assert produced_at_failover < 20_000, "the failover came after the producer finished"
-        print(f"  acknowledged while no replica could receive: {acked_unreplicated}")
+        print(f"  acknowledged while no replica could receive: {acked_unreplicated}"
+              f" (since the replica stopped: {window})")
         if min_replicas:
             assert lost == 0 and got == want  # every event once, in commit order
             assert acked_unreplicated == 0
             assert "replica(s) acknowledged a batch" in log.read_text()
         else:
             assert acked_unreplicated > 0  # what a crash of that master could have taken
-            assert lost == 0 and got == want
+            assert lost <= window, (lost, window)  # and nothing outside that window
+            kept = set(got)
+            assert got == [e for e in want if e in kept]  # what is left is in commit order
