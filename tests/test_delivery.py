@@ -381,8 +381,11 @@ def test_redis_reset_mid_run_is_reported_and_recovered_without_duplicates(
         client.close()
 
 
-def _drop_slot_under_the_relay(dsn: str, slot: str) -> None:
-    """Drop `slot` although a relay streams it (terminating its walsender until it lets go)."""
+def _publish_then_drop_the_slot(dsn: str, rds: redis.Redis, slot: str) -> None:
+    """With a relay running: 10 events published, the slot dropped, the relay holding it again."""
+    wait_for(lambda: slot_active(dsn, slot), what="the slot held")
+    insert_cases(dsn, 10, tag="a")
+    wait_for(lambda: rds.xlen("axiom:core:events") == 10, what="10 entries")
     with psycopg.connect(dsn, autocommit=True) as conn:
         def dropped() -> bool:
             conn.execute("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots"
@@ -393,6 +396,7 @@ def _drop_slot_under_the_relay(dsn: str, slot: str) -> None:
                 return False
             return True
         wait_for(dropped, what="the slot dropped")
+    wait_for(lambda: slot_active(dsn, slot), timeout=30, what="the slot again")
 
 
 @pytest.mark.chaos
@@ -400,11 +404,7 @@ def test_slot_dropped_under_a_running_relay_is_created_again(
     settings: Settings, pg_dsn: str, rds: redis.Redis, tmp_path: Path
 ) -> None:
     with relay(settings, str(tmp_path / "relay.log")):
-        wait_for(lambda: slot_active(pg_dsn, settings.slot), what="the slot held")
-        insert_cases(pg_dsn, 10, tag="a")
-        wait_for(lambda: rds.xlen("axiom:core:events") == 10, what="10 entries")
-        _drop_slot_under_the_relay(pg_dsn, settings.slot)
-        wait_for(lambda: slot_active(pg_dsn, settings.slot), timeout=30, what="the slot again")
+        _publish_then_drop_the_slot(pg_dsn, rds, settings.slot)
         insert_cases(pg_dsn, 10, tag="b")
         wait_for(lambda: rds.xlen("axiom:core:events") == 20, what="events after the drop")
     assert "created slot" in (tmp_path / "relay.log").read_text()
@@ -527,11 +527,7 @@ def test_least_privilege_role_recreates_a_dropped_slot_and_records_a_redis_reset
     s = settings.model_copy(update={"database_url": SecretStr(dsn)})
     port, log = free_port(), tmp_path / "relay.log"
     with relay(s, str(log), CDC_METRICS_PORT=str(port), CDC_METRICS_SAMPLE_S="0.2"):
-        wait_for(lambda: slot_active(pg_dsn, s.slot), what="the slot held")
-        insert_cases(pg_dsn, 10, tag="a")
-        wait_for(lambda: rds.xlen("axiom:core:events") == 10, what="10 entries")
-        _drop_slot_under_the_relay(pg_dsn, s.slot)
-        wait_for(lambda: slot_active(pg_dsn, s.slot), timeout=30, what="the slot again")
+        _publish_then_drop_the_slot(pg_dsn, rds, s.slot)
         insert_cases(pg_dsn, 10, tag="b")
         wait_for(lambda: {e["event_id"] for e in stream_events(rds)} >= _ids(pg_dsn),
                  what="every row in the stream after the re-creation")
