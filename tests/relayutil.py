@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -118,6 +120,26 @@ def insert_aggregates(
                 " FROM generate_series(%s::int, %s::int) g",
                 (aggregates, chunk * per_tx + 1, chunk * per_tx + per_tx),
             )
+
+
+def http_get(port: int, path: str) -> tuple[int, str]:
+    """GET `path` on a relay's metrics port: (status, body), or (0, the error) if none answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+    except OSError as e:
+        return 0, str(e)
+
+
+def metric(port: int, name: str) -> float | None:
+    """Return the value of an unlabelled series on the relay's /metrics, or None."""
+    code, body = http_get(port, "/metrics")
+    for line in body.splitlines() if code == 200 else []:
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
 
 
 def stream_events(rds: redis.Redis, stream: str = "axiom:core:events") -> list[dict[str, str]]:

@@ -9,7 +9,6 @@ import itertools
 import logging
 import threading
 import time
-import urllib.request
 import uuid
 from pathlib import Path
 
@@ -29,7 +28,17 @@ from cdc.streams.redisconn import translate
 from devkit.localservers import LocalPostgres, LocalRedis, free_port
 from tests.chaosutil import assert_published_rows_have_entries
 from tests.opsutil import Cli
-from tests.relayutil import cdc, insert_cases, relay, slot_active, stream_events, wait_for
+from tests.relayutil import (
+    cdc,
+    http_get,
+    insert_cases,
+    metric,
+    outbox_ids_in_commit_order,
+    relay,
+    slot_active,
+    stream_events,
+    wait_for,
+)
 
 _roles = itertools.count(1)
 DLQ = keys.DLQ
@@ -299,18 +308,6 @@ def test_oversized_payload_dead_letter_keeps_identity_size_and_a_prefix(
     assert_published_rows_have_entries(pg_dsn, rds)
 
 
-def _metric(port: int, name: str) -> float | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
-            body = resp.read().decode()
-    except OSError:  # the relay is not serving yet
-        return None
-    for line in body.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
-
-
 def _wal_lsn(dsn: str) -> str:
     with psycopg.connect(dsn, autocommit=True) as conn:
         return str(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])  # type: ignore[index]
@@ -343,10 +340,10 @@ def test_redis_reset_mid_run_is_reported_and_recovered_without_duplicates(
                 insert_cases(pg_dsn, 3000, tag="a")
             after_a = _wal_lsn(pg_dsn)
             wait_for(lambda: client.xlen("axiom:core:events") == 3000, what="3000 entries")
-            wait_for(lambda: _metric(port, "core_relay_streaming") == 1, what="streaming")
+            wait_for(lambda: metric(port, "core_relay_streaming") == 1, what="streaming")
             # Confirmed past the a's, or the relay rightly publishes them again after the reset.
             wait_for(lambda: _confirmed_past(pg_dsn, s.slot, after_a), what="a's confirmed")
-            assert _metric(port, "core_relay_redis_reset") == 0
+            assert metric(port, "core_relay_redis_reset") == 0
             if how.startswith("flushall"):  # this session has sent nothing yet in the 3rd case
                 client.flushall()
             else:
@@ -356,10 +353,10 @@ def test_redis_reset_mid_run_is_reported_and_recovered_without_duplicates(
             insert_cases(pg_dsn, 2000, tag="b")
             wait_for(lambda: client.xlen("axiom:core:events") == 2000, timeout=30,
                      what="the events after the reset")
-            wait_for(lambda: _metric(port, "core_relay_redis_reset") == 1,
+            wait_for(lambda: metric(port, "core_relay_redis_reset") == 1,
                      what="the reset metric")
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=3) as r:
-                assert r.status == 200 and "Redis lost state" in r.read().decode()
+            code, ready = http_get(port, "/readyz")
+            assert code == 200 and "Redis lost state" in ready
             status = cli("status")
             assert status.code == 1 and "Redis lost its streams" in status.out, status.out
             doctor = _levels(cli("doctor", "--json").json())["redis_reset"]
@@ -375,7 +372,7 @@ def test_redis_reset_mid_run_is_reported_and_recovered_without_duplicates(
             assert len(ids) == len(set(ids)) == 5000
             assert_published_rows_have_entries(pg_dsn, client)  # the a's are back, too
             assert "Redis lost" not in cli("status").out
-            wait_for(lambda: _metric(port, "core_relay_redis_reset") == 0,
+            wait_for(lambda: metric(port, "core_relay_redis_reset") == 0,
                      what="the reset metric cleared by the acknowledgement")
         assert "Redis lost its state" in (tmp_path / "relay.log").read_text()
         client.close()
@@ -529,13 +526,14 @@ def test_least_privilege_role_recreates_a_dropped_slot_and_records_a_redis_reset
     with relay(s, str(log), CDC_METRICS_PORT=str(port), CDC_METRICS_SAMPLE_S="0.2"):
         _publish_then_drop_the_slot(pg_dsn, rds, s.slot)
         insert_cases(pg_dsn, 10, tag="b")
-        wait_for(lambda: {e["event_id"] for e in stream_events(rds)} >= _ids(pg_dsn),
+        wait_for(lambda: {e["event_id"] for e in stream_events(rds)}
+                 >= set(outbox_ids_in_commit_order(pg_dsn)),
                  what="every row in the stream after the re-creation")
         after = _wal_lsn(pg_dsn)
         wait_for(lambda: _confirmed_past(pg_dsn, s.slot, after), what="the b's confirmed")
         rds.flushall()
         insert_cases(pg_dsn, 10, tag="c")
-        wait_for(lambda: _metric(port, "core_relay_redis_reset") == 1, what="the reset recorded")
+        wait_for(lambda: metric(port, "core_relay_redis_reset") == 1, what="the reset recorded")
         wait_for(lambda: rds.xlen("axiom:core:events") == 10, what="the c's after the reset")
     text = log.read_text()
     assert "created slot" in text and "Redis lost its state" in text
@@ -546,7 +544,3 @@ def test_least_privilege_role_recreates_a_dropped_slot_and_records_a_redis_reset
         assert conn.execute("SELECT count(*) FILTER (WHERE status <> 'PUBLISHED'), count(*)"
                             " FROM event_outbox").fetchone() == (0, 30)
 
-
-def _ids(dsn: str) -> set[str]:
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        return {r[0] for r in conn.execute("SELECT id::text FROM event_outbox")}

@@ -8,8 +8,6 @@ import signal
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import psycopg
 import pytest
@@ -19,28 +17,10 @@ from cdc.errors import ConfigError
 from cdc.observe import health
 from cdc.observe.metrics import Metrics
 from cdc.observe.sampler import Sampler
+from cdc.pg import slots
 from cdc.settings import Settings
 from devkit.localservers import LocalRedis, free_port
-from tests.relayutil import cdc, insert_cases, relay, slot_lag, wait_for
-
-
-def get(port: int, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=3) as resp:
-            return resp.status, resp.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-    except OSError as e:
-        return 0, str(e)
-
-
-def sample(port: int, name: str) -> float | None:
-    """Return the value of an unlabelled series on the relay's /metrics, or None."""
-    code, body = get(port, "/metrics")
-    for line in body.splitlines() if code == 200 else []:
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
+from tests.relayutil import cdc, http_get, insert_cases, metric, relay, slot_lag, wait_for
 
 
 def test_active_and_standby_answer_probes_and_both_export_the_sampled_gauges(
@@ -50,23 +30,23 @@ def test_active_and_standby_answer_probes_and_both_export_the_sampled_gauges(
     active, standby = free_port(), free_port()
     opts = {"CDC_METRICS_SAMPLE_S": "0.2"}
     with relay(settings, CDC_METRICS_PORT=str(active), **opts):
-        wait_for(lambda: get(active, "/readyz")[0] == 200, what="active /readyz 200")
+        wait_for(lambda: http_get(active, "/readyz")[0] == 200, what="active /readyz 200")
         with relay(settings, CDC_METRICS_PORT=str(standby), **opts):
-            wait_for(lambda: get(standby, "/readyz")[0] == 503 and "standing by" in
-                     get(standby, "/readyz")[1], what="standby /readyz says standing by")
-            assert get(standby, "/healthz") == (200, "ok\n")
-            assert get(active, "/healthz") == (200, "ok\n")
-            assert get(active, "/readyz") == (200, f"streaming slot {settings.slot}\n")
+            wait_for(lambda: http_get(standby, "/readyz")[0] == 503 and "standing by" in
+                     http_get(standby, "/readyz")[1], what="standby /readyz says standing by")
+            assert http_get(standby, "/healthz") == (200, "ok\n")
+            assert http_get(active, "/healthz") == (200, "ok\n")
+            assert http_get(active, "/readyz") == (200, f"streaming slot {settings.slot}\n")
             for port in (active, standby):
-                assert get(port, "/")[0] == 404 and get(port, "/metricsx")[0] == 404
-            assert sample(active, "core_relay_streaming") == 1
-            assert sample(standby, "core_relay_streaming") == 0
-            wait_for(lambda: sample(standby, "core_relay_slot_active") == 1, what="slot active")
+                assert http_get(port, "/")[0] == 404 and http_get(port, "/metricsx")[0] == 404
+            assert metric(active, "core_relay_streaming") == 1
+            assert metric(standby, "core_relay_streaming") == 0
+            wait_for(lambda: metric(standby, "core_relay_slot_active") == 1, what="slot active")
             for name in ("core_relay_slot_lag_bytes", "core_event_outbox_pending",
                          "core_event_outbox_pending_age_seconds", "core_dlq_depth"):
-                assert sample(standby, name) is not None, name  # exported by the standby too
+                assert metric(standby, name) is not None, name  # exported by the standby too
     # Both stopped: nothing answers (Prometheus sees `up == 0`; alerts.yml covers it).
-    assert get(active, "/healthz")[0] == 0
+    assert http_get(active, "/healthz")[0] == 0
 
 
 def test_healthz_fails_when_the_loop_stops_beating() -> None:
@@ -125,7 +105,7 @@ def test_healthcheck_command_probes_the_relay(settings: Settings) -> None:
     down = cdc(settings, "healthcheck", CDC_METRICS_PORT=str(port), timeout=30)
     assert down.returncode == 1
     with relay(settings, CDC_METRICS_PORT=str(port)):
-        wait_for(lambda: get(port, "/readyz")[0] == 200, what="relay ready")
+        wait_for(lambda: http_get(port, "/readyz")[0] == 200, what="relay ready")
         up = cdc(settings, "healthcheck", CDC_METRICS_PORT=str(port), timeout=30)
         ready = cdc(settings, "healthcheck", "--ready", CDC_METRICS_PORT=str(port), timeout=30)
     assert (up.returncode, up.stdout) == (0, "ok\n")
@@ -167,8 +147,7 @@ def test_sampler_keeps_postgres_gauges_true_while_redis_is_down(
 def test_sampler_keeps_slot_lag_and_pending_true_while_redis_is_paused(settings: Settings) -> None:
     """The issue's case: Redis SIGSTOPped (not refusing: every call waits for its timeout)."""
     dsn = settings.database_url.get_secret_value()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("SELECT pg_create_logical_replication_slot(%s, 'wal2json')", (settings.slot,))
+    slots.create(settings)
     insert_cases(dsn, 300)  # WAL the slot has not confirmed: its lag grows past 0
     paused = LocalRedis()
     paused.start()

@@ -88,8 +88,8 @@ def test_a_job_survives_a_weaver_and_a_redis_restart_with_aof() -> None:
         server.kill()  # SIGKILL: appendfsync always, so what Redis acked is on disk
         server.start()
         client = redis.Redis.from_url(server.url, decode_responses=True)
-        again = QueryJobStore(client).get("j1")  # a new store, as after a Weaver restart
-        left = QueryJobStore(client).ttl_s("j1")
+        jobs = QueryJobStore(client)  # a new store, as after a Weaver restart
+        again, left = jobs.get("j1"), jobs.ttl_s("j1")
         client.close()
     assert again is not None and again.status == "RUNNING" and again.data == saved.data
     assert again.created_at == saved.created_at

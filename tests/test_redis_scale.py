@@ -289,8 +289,9 @@ def test_cluster_master_killed_mid_run(
             time.sleep(1.0)
             master.kill()  # ...and its master dies
             time.sleep(0.3)  # the marks of what it acknowledged before it died land
-            acked_unreplicated = _published(pg_dsn) - before
-            window = _published(pg_dsn) - at_stop  # all a crash could take, and more
+            published = _published(pg_dsn)
+            acked_unreplicated = published - before
+            window = published - at_stop  # all a crash could take, and more
             os.kill(replica.proc.pid, signal.SIGCONT)
             wait_for(lambda: _promoted(c, stream, replica.port), timeout=30,
                      what="the replica promoted")

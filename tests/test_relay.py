@@ -11,6 +11,7 @@ import psycopg
 import pytest
 import redis
 
+from cdc.pg import slots
 from cdc.settings import Settings
 from tests.relayutil import (
     cdc,
@@ -210,15 +211,12 @@ def test_idle_slot_advances_past_unrelated_writes(settings: Settings, pg_dsn: st
                     "INSERT INTO unrelated SELECT g, repeat('p', 50)"
                     " FROM generate_series(1, 1000) g"
                 )
-            end = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]  # type: ignore[index]
+            end = slots.current_lsn(conn)
         wait_for(lambda: slot_lag(pg_dsn, settings.slot) < 1024, timeout=20, what="slot lag ≈ 0")
     # Stopped, the slot holds what the relay confirmed: past every unrelated write. (The lag
     # itself may grow again now: autovacuum's WAL after 100,000 inserts is nobody's to confirm.)
     with psycopg.connect(pg_dsn, autocommit=True) as conn:
-        behind = conn.execute(
-            "SELECT pg_wal_lsn_diff(%s::pg_lsn, confirmed_flush_lsn) FROM pg_replication_slots"
-            " WHERE slot_name = %s", (end, settings.slot),
-        ).fetchone()[0]  # type: ignore[index]
+        behind = end - slots.confirmed_lsn(conn, settings.slot)
     assert behind <= 0, f"the slot stopped {behind} bytes short of 100,000 unrelated writes"
 
 

@@ -27,6 +27,7 @@ from cdc.settings import SQL_DIR, Settings
 from cdc.streams import keys
 from tests.relayutil import cdc
 from tests.test_outbox_schema import add
+from tests.test_sqla import sa_url
 
 _EXPORTER = InMemorySpanExporter()
 
@@ -106,8 +107,7 @@ def test_async_session_to_async_consumer(
     settings: Settings, spans: InMemorySpanExporter
 ) -> None:
     tracer = trace.get_tracer("test")
-    url = settings.database_url.get_secret_value().replace(
-        "postgresql://", "postgresql+psycopg://", 1)
+    url = sa_url(settings.database_url.get_secret_value())
 
     async def produce() -> int:
         engine = create_async_engine(url)
@@ -145,8 +145,7 @@ def test_sync_session_carries_the_request_span_to_the_consumer(
     settings: Settings, spans: InMemorySpanExporter
 ) -> None:
     tracer = trace.get_tracer("test")
-    engine = create_engine(settings.database_url.get_secret_value().replace(
-        "postgresql://", "postgresql+psycopg://", 1))
+    engine = create_engine(sa_url(settings.database_url.get_secret_value()))
     try:
         with tracer.start_as_current_span("POST /alerts") as request, Session(engine) as session, \
                 session.begin():

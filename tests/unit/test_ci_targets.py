@@ -6,8 +6,15 @@ import itertools
 import re
 import tomllib
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
+
+
+def pytest_conf() -> dict[str, Any]:
+    """Return pyproject.toml's [tool.pytest.ini_options]."""
+    conf: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return conf["tool"]["pytest"]["ini_options"]
 
 
 def ci_targets() -> list[str]:
@@ -25,8 +32,7 @@ def marker_expression(target: str) -> str:
     found = re.search(r"-m (?:'([^']+)'|(\w+))", pytest_lines[-1])
     if found:
         return found.group(1) or found.group(2)
-    conf = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
-    return re.search(r"-m '([^']+)'", conf["addopts"]).group(1)  # type: ignore[union-attr]
+    return re.search(r"-m '([^']+)'", pytest_conf()["addopts"]).group(1)  # type: ignore[union-attr]
 
 
 def selects(expression: str, marks: dict[str, bool]) -> bool:
@@ -38,8 +44,7 @@ def selects(expression: str, marks: dict[str, bool]) -> bool:
 def test_ci_targets_between_them_select_every_test() -> None:
     targets = ci_targets()
     assert targets[:3] == ["test", "test-slow", "test-deploy"], targets
-    conf = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["pytest"]["ini_options"]
-    names = [m.split(":", 1)[0] for m in conf["markers"]]
+    names = [m.split(":", 1)[0] for m in pytest_conf()["markers"]]
     expressions = {t: marker_expression(t) for t in targets}
     for values in itertools.product((False, True), repeat=len(names)):
         marks = dict(zip(names, values, strict=True))
