@@ -3,12 +3,15 @@
 Captures real wal2json messages of N outbox inserts from a throwaway PostgreSQL, then times
 in this process what the relay does per event: `Decoder.feed` and `Publisher.send` (route,
 contract, entry lists, the MessagePack packing its sink does), with a sink that only packs.
-Run it on two code trees to compare them (the cases a tree cannot run are skipped):
+The cases take turns pass by pass, in an order flipped every round, so a phase of contention
+on the machine hits them alike; the cost of the columns is the median of the per-round
+differences `empty - old schema` (the issue's bound: 0.2 us an event). Run it on two code trees
+to compare them (the cases a tree cannot run are skipped):
 
-    .venv/bin/python -m bench.bench_trace [--events 20000] [--repeats 9]
+    .venv/bin/python -m bench.bench_trace [--events 20000] [--rounds 30]
 
 Cases: `old schema` (no traceparent/tracestate columns), `empty` (sql/009 applied, NULL),
-`filled` (every event traced).
+`filled` (every event traced). Messages are fed as memoryviews, as the stream hands them over.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ class PackOnly:
         return len(by_stream)
 
 
-def capture(dsn: str, n: int, case: str) -> list[bytes]:
+def capture(dsn: str, n: int, case: str) -> list[memoryview]:
     """Return the wal2json messages of `n` inserts (100 a transaction) for one case."""
     traced = case == "filled"
     cols = ", traceparent, tracestate" if traced else ""
@@ -69,10 +72,10 @@ def capture(dsn: str, n: int, case: str) -> list[bytes]:
         ).fetchall()
         conn.execute("SELECT pg_drop_replication_slot('bench_trace')")
         conn.execute("TRUNCATE event_outbox")
-    return [r[0].encode() for r in rows]
+    return [memoryview(r[0].encode()) for r in rows]
 
 
-def run(messages: list[bytes], pub: Publisher, batch_size: int) -> tuple[float, float, int]:
+def run(messages: list[memoryview], pub: Publisher, batch_size: int) -> tuple[float, float, int]:
     """Return (decode seconds, send seconds, events) for one pass."""
     dec = Decoder(epoch=1)
     t0 = time.perf_counter()
@@ -85,10 +88,10 @@ def run(messages: list[bytes], pub: Publisher, batch_size: int) -> tuple[float, 
 
 
 def main() -> None:
-    """Print µs per event for each case this tree can run."""
+    """Print us per event for each case this tree can run, and the paired differences."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--events", type=int, default=20_000)
-    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--rounds", type=int, default=30)
     args = ap.parse_args()
     with LocalPostgres() as pg:
         dsn = pg.dsn
@@ -102,18 +105,19 @@ def main() -> None:
         settings = Settings(database_url=dsn)  # type: ignore[arg-type]
         with psycopg.connect(dsn, autocommit=True) as conn:
             pub = publisher(settings, PackOnly(), conn, Metrics())  # type: ignore[arg-type]
-            for case, messages in captured.items():
-                dec_us, send_us = [], []
-                for _ in range(args.repeats):
+            us: dict[str, list[float]] = {case: [] for case in cases}
+            for r in range(args.rounds):
+                for case in cases if r % 2 == 0 else cases[::-1]:
                     gc.collect()
-                    d, s, n = run(messages, pub, settings.batch_size)
-                    dec_us.append(d * 1e6 / n)
-                    send_us.append(s * 1e6 / n)
-                total = [a + b for a, b in zip(dec_us, send_us, strict=True)]
-                print(f"{case:>10}: {n} events, decode {statistics.median(dec_us):.3f}"
-                      f" + send {statistics.median(send_us):.3f}"
-                      f" = {statistics.median(total):.3f} us/event (median of {args.repeats};"
-                      f" min {min(total):.3f})", flush=True)
+                    d, s, n = run(captured[case], pub, settings.batch_size)
+                    us[case].append((d + s) * 1e6 / n)
+    for case in cases:
+        print(f"{case:>10}: {n} events, decode + send {statistics.median(us[case]):.3f}"
+              f" us/event (median of {args.rounds} passes; min {min(us[case]):.3f})")
+    for case in cases[:-1] if has_trace else []:
+        diff = [a - b for a, b in zip(us[case], us["old schema"], strict=True)]
+        print(f"{case} - old schema, paired by round: median {statistics.median(diff):+.3f}"
+              f" us/event (min of mins {min(us[case]) - min(us['old schema']):+.3f})")
 
 
 if __name__ == "__main__":

@@ -121,6 +121,41 @@ def test_traced_and_untraced_inserts_share_one_layout_wherever_the_trace_columns
     assert learned == [13, 13]
 
 
+def test_a_same_count_change_that_moves_id_or_payload_is_learned_again() -> None:
+    """DROP + ADD of a column at the same count moves it: the names checked per insert see it."""
+    def moved(n: int, name: str) -> memoryview:
+        data = orjson.loads(bytes(insert(n)))
+        cols = data["columns"]
+        i = next(i for i, c in enumerate(cols) if c["name"] == name)
+        cols.append(cols.pop(i))  # dropped, then added again: now the last column
+        return memoryview(orjson.dumps(data))
+
+    d = Decoder()
+    d.feed(begin())
+    assert isinstance(d.feed(insert(1)), OutboxEvent)
+    for n, name in enumerate(("payload", "id"), start=2):
+        ev = d.feed(moved(n, name))
+        assert isinstance(ev, OutboxEvent), name
+        assert ev.event_id == f"00000000-0000-0000-0000-{n:012d}", name
+        assert ev.payload == '{"case_id": "c1"}' and ev.aggregate_id == f"case-{n}", name
+
+
+def test_a_trace_column_printed_otherwise_than_wal2json_still_reads_as_its_value() -> None:
+    """Untraced inserts are recognised by wal2json's exact NULL text; any other text is decoded."""
+    d = Decoder()
+    d.feed(begin())
+    tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    spaced = traced_insert(1, None, None).replace(
+        b'{"name":"traceparent","value":null}', b'{"name": "traceparent", "value": null}')
+    assert b'"value": null}' in spaced
+    ev = d.feed(memoryview(spaced))
+    assert isinstance(ev, OutboxEvent) and (ev.traceparent, ev.tracestate) == ("", "")
+    ev = d.feed(memoryview(traced_insert(2, tp, None)))
+    assert isinstance(ev, OutboxEvent) and (ev.traceparent, ev.tracestate) == (tp, "")
+    ev = d.feed(memoryview(traced_insert(3, "", "k=v")))  # passed on; entries need a parent
+    assert isinstance(ev, OutboxEvent) and (ev.traceparent, ev.tracestate) == ("", "k=v")
+
+
 def test_dedup_keys_stay_in_order_across_positions_256_apart() -> None:
     d = Decoder(epoch=1)
     d.feed(begin())

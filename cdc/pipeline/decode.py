@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import msgspec
 
@@ -18,7 +19,6 @@ TRACE_COLUMNS = ("traceparent", "tracestate")  # optional (sql/009); NULL when u
 _HEX2 = tuple(f"{i:02x}" for i in range(256))
 
 
-# Typed structs decode faster than dicts (~0.7 us an insert): only these fields are built.
 class _Column(msgspec.Struct, gc=False):
     """One column of an insert: its name and JSON-typed value."""
 
@@ -40,7 +40,55 @@ class _Message(msgspec.Struct, gc=False):
     columns: list[_Column] = []
 
 
-_decode = msgspec.json.Decoder(_Message).decode
+# Every column named: read to learn an insert's layout (the first insert, or after DDL).
+_decode_named = msgspec.json.Decoder(_Message).decode
+_decode_column = msgspec.json.Decoder(_Column).decode
+
+
+# Once the layout is known, inserts decode into a fixed-length tuple typed per position, so
+# no column name is allocated. A column count that changed, or `id`/`payload` not where they
+# were, fails validation and the layout is learned again. A column we do not read stays
+# msgspec.Raw (bytes skipped, nothing built); a trace column too, compared whole with its NULL
+# form, so untraced events (most) pay no more than the bytes msgspec skips.
+class _Value(msgspec.Struct, gc=False):
+    """A column read by position: its name was checked when the layout was learned."""
+
+    value: Any = None
+
+
+class _Id(msgspec.Struct, gc=False):
+    """The `id` column, its name checked on every insert."""
+
+    name: Literal["id"]
+    value: Any = None
+
+
+class _Payload(msgspec.Struct, gc=False):
+    """The `payload` column, its name checked on every insert."""
+
+    name: Literal["payload"]
+    value: Any = None
+
+
+_CHECKED: dict[str, Any] = {"id": _Id, "payload": _Payload}
+_NULL_TRACEPARENT = msgspec.Raw(b'{"name":"traceparent","value":null}')  # wal2json's NULL
+
+
+def _layout_decoder(names: list[str]) -> Callable[[memoryview | bytes], Any]:
+    """Return a decoder for inserts whose columns are `names`, in this order."""
+    kinds = tuple(_CHECKED.get(name, _Value if name in COLUMNS else msgspec.Raw)
+                  for name in names)
+    insert = msgspec.defstruct(
+        "_Insert",
+        [("action", str), ("lsn", str | None, None), ("nextlsn", str | None, None),
+         ("timestamp", str | None, None), ("columns", tuple[kinds], ())],  # type: ignore[valid-type]
+        gc=False,
+    )
+    return msgspec.json.Decoder(insert).decode
+
+
+# Before the first insert: any insert fails validation, which sends it to be learned.
+_decode_unlearned = _layout_decoder([])
 
 
 @dataclass(slots=True)
@@ -98,29 +146,25 @@ class Decoder:
         self._position = 0
         self._block = 0  # position >> 8 ...
         self._block_prefix = "000000"  # ... and the dedup key up to the last two hex digits
-        # Where the COLUMNS sit in an insert's column list (learned from their names).
-        self._layout: tuple[int, ...] = (0,) * len(COLUMNS)
-        self._ncols = -1
-        self._trace = -1  # where traceparent sits, -1 when the table has no such column
-        self._state = -1
+        # Where the COLUMNS, then traceparent and tracestate (-1: no such column), sit in an
+        # insert's column list, learned from their names.
+        self._layout: tuple[int, ...] = (0,) * len(COLUMNS) + (-1, -1)
+        self._decode = _decode_unlearned
 
     def feed(self, data: memoryview | bytes) -> OutboxEvent | Commit | None:
         """Decode one message; return an event, a commit, or None for a begin."""
         # Inserts are nearly every message: they are decoded inline, without helper calls.
         try:
-            msg = _decode(data)
+            try:
+                msg = self._decode(data)
+            except msgspec.ValidationError:
+                msg = self._relearn(data)
             if msg.action != "I":
                 return self._control(msg)
             cols = msg.columns
-            i_id, i_tenant, i_agg_type, i_agg_id, i_type, i_payload, i_created = self._layout
-            if (
-                len(cols) != self._ncols
-                or cols[i_payload].name != "payload"
-                or cols[i_id].name != "id"
-            ):
-                i_id, i_tenant, i_agg_type, i_agg_id, i_type, i_payload, i_created = (
-                    self._learn(cols)
-                )
+            i_id, i_tenant, i_agg_type, i_agg_id, i_type, i_payload, i_created, i_trace, _ = (
+                self._layout
+            )
             self._position = position = self._position + 1
             if position >> 8 != self._block:
                 self._block = position >> 8
@@ -133,14 +177,29 @@ class Decoder:
                 self._commit_lsn, position, self._time, self._commit_text, "",
                 self._block_prefix + _HEX2[position & 0xFF],
             )
-            if self._trace >= 0 and cols[self._trace].value is not None:
-                ev.traceparent = str(cols[self._trace].value)
-                ev.tracestate = str(cols[self._state].value or "") if self._state >= 0 else ""
+            if i_trace >= 0 and cols[i_trace] != _NULL_TRACEPARENT:
+                ev.traceparent, ev.tracestate = self._trace_context(cols)
             return ev
         except (
             msgspec.DecodeError, KeyError, ValueError, TypeError, IndexError, RecursionError
         ) as e:
             raise SourceError(f"unexpected wal2json output: {e!r}") from None
+
+    def _relearn(self, data: memoryview | bytes) -> Any:
+        """Decode an insert the layout decoder refused: learn its columns, then decode it."""
+        msg = _decode_named(data)
+        if msg.action != "I":
+            return msg
+        self._learn(msg.columns)
+        self._decode = _layout_decoder([c.name for c in msg.columns])
+        return self._decode(data)
+
+    def _trace_context(self, cols: tuple[Any, ...]) -> tuple[str, str]:
+        """Return (traceparent, tracestate) of a traced insert, read from their raw columns."""
+        i_trace, i_state = self._layout[-2:]
+        parent = _decode_column(cols[i_trace]).value
+        state = _decode_column(cols[i_state]).value if i_state >= 0 else None
+        return ("" if parent is None else str(parent)), ("" if state is None else str(state))
 
     def _control(self, msg: _Message) -> Commit | None:
         """Track transaction boundaries: B opens one, C closes it."""
@@ -186,7 +245,6 @@ class Decoder:
                 hint="id uuid, created_at timestamptz, the others text, all NOT NULL"
                 " (sql/001_event_outbox.sql)",
             )
-        self._layout = tuple(index[name] for name in COLUMNS)
-        self._trace, self._state = (index.get(name, -1) for name in TRACE_COLUMNS)
-        self._ncols = len(cols)
+        self._layout = tuple(index[name] for name in COLUMNS) + tuple(
+            index.get(name, -1) for name in TRACE_COLUMNS)
         return self._layout
