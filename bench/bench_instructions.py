@@ -18,7 +18,6 @@ what they cost. The first tree is the reference of the ratios printed.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
@@ -27,13 +26,9 @@ from pathlib import Path
 import psycopg
 import redis
 
+from bench.bench_relay import INSERT, relay_env
 from devkit.localservers import LocalPostgres, LocalRedis
 
-INSERT = (  # bench_relay's backlog rows
-    "INSERT INTO event_outbox (tenant_id, aggregate_type, aggregate_id, event_type, payload)"
-    " SELECT 'tenant-1', 'case', 'case-' || g, 'CASE_CREATED', jsonb_build_object('case_id',"
-    " 'case-' || g, 'status', 'OPEN', 'idempotency_key', %s || g) FROM generate_series(1, %s) g"
-)
 # Run by the tree's own code: its slots module sits in cdc.pg (now) or cdc (before issue 14).
 CREATE_SLOT = """
 import sys
@@ -46,17 +41,16 @@ slots.create(Settings(database_url=sys.argv[1], slot=sys.argv[2]))
 """
 
 
-def tree_env(tree: Path, dsn: str, redis_url: str) -> dict[str, str]:
-    """Return an environment that runs `tree`'s code against the throwaway servers."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CDC_")}
-    env.update(PYTHONPATH=str(tree), PYTHONHASHSEED="0", CDC_DATABASE_URL=dsn,
-               CDC_REDIS_URL=redis_url, CDC_BACKFILL="false", CDC_STREAM_MAXLEN="0")
+def tree_env(tree: Path, dsn: str, redis_url: str, slot: str, write_back: bool) -> dict[str, str]:
+    """Return bench_relay's relay environment, running `tree`'s code."""
+    env = relay_env(dsn, redis_url, slot, write_back)
+    env.update(PYTHONPATH=str(tree), PYTHONHASHSEED="0")
     return env
 
 
 def drain(tree: Path, dsn: str, redis_url: str, n: int, slot: str, write_back: bool) -> int:
     """Commit `n` events behind a new slot, drain them under callgrind; return instructions."""
-    env = tree_env(tree, dsn, redis_url)
+    env = tree_env(tree, dsn, redis_url, slot, write_back)
     subprocess.run([sys.executable, "-c", CREATE_SLOT, dsn, slot], env=env, cwd=tree,
                    check=True)
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -64,7 +58,6 @@ def drain(tree: Path, dsn: str, redis_url: str, n: int, slot: str, write_back: b
             conn.execute(INSERT, (f"{slot}-{start}-", min(1000, n - start)))
     r = redis.Redis.from_url(redis_url)
     r.flushall()
-    env.update(CDC_SLOT=slot, CDC_MARK_PUBLISHED=str(write_back).lower())
     run = subprocess.run(
         ["valgrind", "--tool=callgrind", "--callgrind-out-file=/dev/null",
          sys.executable, "-m", "cdc", "run", "--once"],
@@ -85,7 +78,7 @@ def drain(tree: Path, dsn: str, redis_url: str, n: int, slot: str, write_back: b
 def per_event(tree: Path, events: tuple[int, int], write_back: bool, schema: str) -> float:
     """Return the relay's instructions per event for `tree` on fresh servers."""
     with LocalPostgres() as pg, LocalRedis() as rd:
-        env = tree_env(tree, pg.dsn, rd.url)
+        env = tree_env(tree, pg.dsn, rd.url, "unused", write_back)
         subprocess.run([sys.executable, "-m", "cdc", "migrate"], env=env, cwd=tree,
                        check=True, capture_output=True)
         if schema == "no-trace":
