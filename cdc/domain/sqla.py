@@ -19,10 +19,16 @@ from __future__ import annotations
 from typing import Any, TypeAlias
 from uuid import UUID
 
-from sqlalchemy import Connection, TextClause, text
-from sqlalchemy.exc import DBAPIError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
-from sqlalchemy.orm import Session
+try:
+    from sqlalchemy import Connection, TextClause, text
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+    from sqlalchemy.orm import Session
+except ModuleNotFoundError as e:  # tests/test_without_extras.py
+    raise ModuleNotFoundError(
+        f"cdc.domain.sqla needs SQLAlchemy: pip install 'axiom-cdc[sqlalchemy]' ({e})",
+        name=e.name,
+    ) from e
 
 from cdc.domain import outbox
 from cdc.pipeline.contracts import Registry
