@@ -48,8 +48,9 @@ with tracing.consumer_span({"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "
     pass
 from cdc.domain import outbox
 with psycopg.connect(sys.argv[1]) as conn:
-    outbox.emit(conn, outbox.Event(tenant_id="acme", aggregate_type="case", aggregate_id="c1",
-                                   event_type="CASE_CREATED", payload={"case_id": "c1", "status": "OPEN"}))
+    outbox.emit(conn, outbox.Event(
+        tenant_id="acme", aggregate_type="case", aggregate_id="c1", event_type="CASE_CREATED",
+        payload={"case_id": "c1", "status": "OPEN"}))
 print("emitted")
 """
 
