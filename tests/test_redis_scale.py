@@ -247,6 +247,25 @@ def _promoted(cluster: LocalRedisCluster, stream: str, port: int) -> bool:
     return False
 
 
+def _master_and_synced_replica(
+    cluster: LocalRedisCluster, stream: str
+) -> tuple[LocalRedis, LocalRedis] | None:
+    """Return the master owning `stream` and a replica of it whose link is up, or None."""
+    try:
+        with RedisCluster.from_url(cluster.url) as rc:
+            owner = int(rc.get_node_from_key(stream).port)
+        master = next(n for n in cluster.nodes if n.port == owner)
+        for node in cluster.nodes:
+            if node.port != owner and node.proc is not None:
+                with redis.Redis(port=node.port, socket_timeout=1) as client:
+                    info = client.info("replication")
+                if info.get("master_port") == owner and info.get("master_link_status") == "up":
+                    return master, node
+    except (redis.RedisError, OSError, StopIteration):
+        pass
+    return None
+
+
 @pytest.mark.slow
 @pytest.mark.chaos
 @pytest.mark.parametrize("min_replicas", [1, 0])
@@ -266,13 +285,13 @@ def test_cluster_master_killed_mid_run(
 
     stream = "axiom:core:events"
     with LocalRedisCluster(masters=3, replicas=1, node_timeout_ms=1000) as c:
-        with RedisCluster.from_url(c.url) as rc:
-            owner = int(rc.get_node_from_key(stream).port)
-        master = next(n for n in c.nodes if n.port == owner)
-        replica = next(
-            n for n in c.nodes if n.port != owner and redis.Redis(port=n.port).info(
-                "replication").get("master_port") == owner
-        )
+        # On a loaded machine a 1 s node timeout can fail a master over right after start
+        # (a CI run found no replica of the owner it had just read): wait for a settled pair.
+        deadline = time.monotonic() + 30
+        while (pair := _master_and_synced_replica(c, stream)) is None:
+            assert time.monotonic() < deadline, f"no synced replica of {stream}'s master"
+            time.sleep(0.1)
+        master, replica = pair
         assert replica.proc is not None
         s = settings.model_copy(update={"redis_url": SecretStr(c.url)})
         assert cdc(s, "slot", "create").returncode == 0
