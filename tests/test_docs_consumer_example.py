@@ -12,7 +12,6 @@ from typing import Any
 
 import psycopg
 
-from cdc.consumers import examples, worker  # noqa: F401 - the doc's imports, loaded
 from cdc.domain import outbox
 from cdc.settings import Settings
 from tests.relayutil import cdc
@@ -64,8 +63,6 @@ def test_the_watch_cep_example_runs_as_the_doc_shows_in_both_forms(settings: Set
         alerts(settings, 4)
 
     # The doc's block is a body to run in an event loop (it creates a task): wrap it so.
-    # Compiled, and its imports loaded, before the helper thread starts: CPython 3.11's AST
-    # recursion counter is per interpreter, and two threads compiling at once corrupt it.
     body = textwrap.indent(example(), "    ")
     code = (f"async def _doc():\n    global cep\n{body}\n"
             "    async_started.set()\n"
