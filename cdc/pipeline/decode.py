@@ -71,7 +71,8 @@ class _Payload(msgspec.Struct, gc=False):
 
 
 _CHECKED: dict[str, Any] = {"id": _Id, "payload": _Payload}
-_NULL_TRACEPARENT = msgspec.Raw(b'{"name":"traceparent","value":null}')  # wal2json's NULL
+# A NULL traceparent as wal2json prints it: {"name":"traceparent","value":null}
+_NULL_TRACEPARENT = msgspec.Raw(msgspec.json.encode(_Column(TRACE_COLUMNS[0])))
 
 
 def _layout_decoder(names: list[str]) -> Callable[[memoryview | bytes], Any]:
@@ -89,6 +90,13 @@ def _layout_decoder(names: list[str]) -> Callable[[memoryview | bytes], Any]:
 
 # Before the first insert: any insert fails validation, which sends it to be learned.
 _decode_unlearned = _layout_decoder([])
+
+
+def _trace_context(cols: tuple[Any, ...], i_trace: int, i_state: int) -> tuple[str, str]:
+    """Return (traceparent, tracestate) of a traced insert, read from their raw columns."""
+    parent = _decode_column(cols[i_trace]).value
+    state = _decode_column(cols[i_state]).value if i_state >= 0 else None
+    return ("" if parent is None else str(parent)), ("" if state is None else str(state))
 
 
 @dataclass(slots=True)
@@ -162,7 +170,7 @@ class Decoder:
             if msg.action != "I":
                 return self._control(msg)
             cols = msg.columns
-            i_id, i_tenant, i_agg_type, i_agg_id, i_type, i_payload, i_created, i_trace, _ = (
+            i_id, i_tenant, i_agg_type, i_agg_id, i_type, i_payload, i_created, i_trace, i_state = (
                 self._layout
             )
             self._position = position = self._position + 1
@@ -178,7 +186,7 @@ class Decoder:
                 self._block_prefix + _HEX2[position & 0xFF],
             )
             if i_trace >= 0 and cols[i_trace] != _NULL_TRACEPARENT:
-                ev.traceparent, ev.tracestate = self._trace_context(cols)
+                ev.traceparent, ev.tracestate = _trace_context(cols, i_trace, i_state)
             return ev
         except (
             msgspec.DecodeError, KeyError, ValueError, TypeError, IndexError, RecursionError
@@ -191,15 +199,7 @@ class Decoder:
         if msg.action != "I":
             return msg
         self._learn(msg.columns)
-        self._decode = _layout_decoder([c.name for c in msg.columns])
         return self._decode(data)
-
-    def _trace_context(self, cols: tuple[Any, ...]) -> tuple[str, str]:
-        """Return (traceparent, tracestate) of a traced insert, read from their raw columns."""
-        i_trace, i_state = self._layout[-2:]
-        parent = _decode_column(cols[i_trace]).value
-        state = _decode_column(cols[i_state]).value if i_state >= 0 else None
-        return ("" if parent is None else str(parent)), ("" if state is None else str(state))
 
     def _control(self, msg: _Message) -> Commit | None:
         """Track transaction boundaries: B opens one, C closes it."""
@@ -222,7 +222,7 @@ class Decoder:
             return Commit(lsnlib.parse(msg.nextlsn))
         return None  # M (logical messages), T (truncate) and others: not outbox inserts
 
-    def _learn(self, cols: list[_Column]) -> tuple[int, ...]:
+    def _learn(self, cols: list[_Column]) -> None:
         """Find the outbox columns by name (first insert, or after ALTER TABLE)."""
         index = {c.name: i for i, c in enumerate(cols)}
         missing = [name for name in COLUMNS if name not in index]
@@ -247,4 +247,4 @@ class Decoder:
             )
         self._layout = tuple(index[name] for name in COLUMNS) + tuple(
             index.get(name, -1) for name in TRACE_COLUMNS)
-        return self._layout
+        self._decode = _layout_decoder(list(index))
