@@ -19,6 +19,7 @@ import redis
 from pydantic import SecretStr
 
 from cdc.errors import SinkError
+from cdc.pg import slots
 from cdc.pipeline.sink import PUBLISH, RedisSink
 from cdc.pipeline.writeback import WriteBack
 from cdc.settings import Settings
@@ -133,7 +134,8 @@ def test_commits_decoded_before_they_are_visible(tmp_path: Path, redis_url: str)
             # confirmed past the three commits within a second.
             time.sleep(3)
             assert _status_counts(c) == {"PUBLISHED": 1}  # the 21 rows are not visible yet
-            assert slot_lsn(c, "cdc_syncrep") <= min(_commit_lsns(c)[1:])  # none confirmed
+            # none of the three confirmed
+            assert slots.confirmed_lsn(c, "cdc_syncrep") <= min(_commit_lsns(c)[1:])
 
             relay_waits = c.execute(
                 "SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'"
@@ -197,13 +199,6 @@ def _commit_lsns(conn: psycopg.Connection[tuple[object, ...]]) -> list[int]:
 def _status_counts(conn: psycopg.Connection[tuple[object, ...]]) -> dict[str, int]:
     return {str(k): int(str(v)) for k, v in conn.execute(
         "SELECT status, count(*) FROM event_outbox GROUP BY 1")}
-
-
-def slot_lsn(conn: psycopg.Connection[tuple[object, ...]], slot: str) -> int:
-    row = conn.execute("SELECT confirmed_flush_lsn - '0/0'::pg_lsn FROM pg_replication_slots"
-                       " WHERE slot_name = %s", (slot,)).fetchone()
-    assert row is not None
-    return int(str(row[0]))
 
 
 def _relay_role(pg_dsn: str) -> tuple[str, str]:
@@ -308,16 +303,14 @@ def test_oversized_payload_dead_letter_keeps_identity_size_and_a_prefix(
     assert_published_rows_have_entries(pg_dsn, rds)
 
 
-def _wal_lsn(dsn: str) -> str:
+def _wal_lsn(dsn: str) -> int:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        return str(conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0])  # type: ignore[index]
+        return slots.current_lsn(conn)
 
 
-def _confirmed_past(dsn: str, slot: str, lsn: str) -> bool:
+def _confirmed_past(dsn: str, slot: str, lsn: int) -> bool:
     with psycopg.connect(dsn, autocommit=True) as conn:
-        row = conn.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots"
-                           " WHERE slot_name = %s", (lsn, slot)).fetchone()
-        return bool(row and row[0])
+        return slots.confirmed_lsn(conn, slot) >= lsn
 
 
 @pytest.mark.chaos

@@ -6,7 +6,6 @@ import asyncio
 import re
 import textwrap
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import psycopg
 
 from cdc.domain import outbox
 from cdc.settings import Settings
-from tests.relayutil import cdc
+from tests.relayutil import cdc, wait_for
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "architecture.md"
 
@@ -39,13 +38,6 @@ def alerts(settings: Settings, first: int) -> None:
     assert cdc(settings, "run", "--once").returncode == 0
 
 
-def until(check: Any, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "the example consumer did not get its alerts"
-        time.sleep(0.05)
-
-
 def test_the_watch_cep_example_runs_as_the_doc_shows_in_both_forms(settings: Settings) -> None:
     assert cdc(settings, "slot", "create").returncode == 0
     alerts(settings, 1)
@@ -54,7 +46,8 @@ def test_the_watch_cep_example_runs_as_the_doc_shows_in_both_forms(settings: Set
 
     def feed() -> None:  # beside the doc's code: stop the sync form, then feed the async one
         try:
-            until(lambda: "cep" in ns and sum(ns["cep"].alerts.values()) == 3)
+            wait_for(lambda: "cep" in ns and sum(ns["cep"].alerts.values()) == 3, timeout=20,
+                     what="the sync form's three alerts")
         finally:
             ns["stop"].set()
         # Only once the sync form has returned: a consumer that reads entries after `stop`
